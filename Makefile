@@ -1,0 +1,88 @@
+# lunasip — GNU Makefile. `make` builds ./lunasip; `make run`, `make test`, `make bench`.
+# SANITIZE=address,undefined builds with sanitizers (make test does this in build/san).
+
+CC       ?= cc
+SANITIZE ?=
+OPT      ?= -O2
+BUILD    ?= build/$(if $(SANITIZE),san,rel)
+
+PKGS_LUAJIT := luajit
+LUAJIT_CFLAGS := $(shell pkg-config --cflags $(PKGS_LUAJIT) 2>/dev/null || echo -I/usr/include/luajit-2.1)
+LUAJIT_LIBS   := $(shell pkg-config --libs $(PKGS_LUAJIT) 2>/dev/null || echo -lluajit-5.1)
+# libev and mbedTLS ship no .pc file on Debian bookworm: fall back to the plain names.
+EV_CFLAGS := $(shell pkg-config --cflags libev 2>/dev/null)
+EV_LIBS   := $(shell pkg-config --libs libev 2>/dev/null || echo -lev)
+
+WERROR   := $(if $(CI),-Werror,)
+CFLAGS   ?= $(OPT) -g
+CFLAGS   += -std=gnu11 -Wall -Wextra $(WERROR) -Wno-unused-parameter -fPIC -MMD -MP \
+            -D_GNU_SOURCE $(LUAJIT_CFLAGS) $(EV_CFLAGS)
+ifneq ($(SANITIZE),)
+CFLAGS   += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS  += -fsanitize=$(SANITIZE)
+endif
+LIBS     := $(LUAJIT_LIBS) $(EV_LIBS) -lm -ldl
+
+SRCS     := $(filter-out src/main.c,$(wildcard src/*.c))
+OBJS     := $(SRCS:src/%.c=$(BUILD)/obj/%.o)
+MAIN_OBJ := $(BUILD)/obj/main.o
+LIB      := $(BUILD)/liblunasip.a
+SOLIB    := $(BUILD)/liblunasip.so
+BIN      := $(BUILD)/lunasip
+UNIT_SRCS := $(wildcard t/unit/test_*.c)
+UNIT_BINS := $(UNIT_SRCS:t/unit/%.c=$(BUILD)/t/%)
+
+.PHONY: all run test bench fuzz clean deps-run deps-test deps-bench unit lua-test integration
+all: lunasip
+
+# The top-level ./lunasip is the optimized build.
+lunasip: $(BIN)
+ifeq ($(SANITIZE),)
+	@cp -f $(BIN) $@
+endif
+
+$(BUILD)/obj/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(LIB): $(OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+# --export-dynamic so the LuaJIT FFI finds the lunasip_* accessors through ffi.C;
+# --whole-archive so accessors only Lua references are linked in.
+$(BIN): $(MAIN_OBJ) $(LIB)
+	$(CC) $(LDFLAGS) -rdynamic -o $@ $(MAIN_OBJ) -Wl,--whole-archive $(LIB) -Wl,--no-whole-archive $(LIBS)
+
+# The same objects as a shared library, for the busted specs (loaded with ffi.load).
+$(SOLIB): $(LIB)
+	$(CC) $(LDFLAGS) -shared -o $@ -Wl,--whole-archive $(LIB) -Wl,--no-whole-archive $(LIBS)
+
+$(BUILD)/t/test_%: t/unit/test_%.c $(LIB) t/unit/test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Isrc -o $@ $< $(LIB) $(LDFLAGS) $(LIBS)
+
+run: deps-run lunasip
+	@scripts/run.sh ./lunasip
+
+test: deps-test
+	@$(MAKE) --no-print-directory SANITIZE=address,undefined OPT=-O1 test-build
+	@t/run.sh build/san
+
+test-build: $(BIN) $(SOLIB) $(UNIT_BINS)
+
+bench: deps-bench
+	@$(MAKE) --no-print-directory OPT="-O2 -DNDEBUG" all
+	@bench/run.sh
+
+deps-run:
+	@scripts/deps.sh run
+deps-test:
+	@scripts/deps.sh test
+deps-bench:
+	@scripts/deps.sh bench
+
+clean:
+	rm -rf build lunasip
+
+-include $(OBJS:.o=.d) $(MAIN_OBJ:.o=.d)

@@ -1,0 +1,52 @@
+-- The C functions the lunasip Lua library calls through the LuaJIT FFI (src/lapi.h,
+-- src/sip_grammar.h). Inside lunasip they are resolved in the running binary (ffi.C);
+-- under busted they come from build/<mode>/liblunasip.so (LUNASIP_LIB).
+local ffi = require "ffi"
+
+ffi.cdef [[
+struct sip_str { const char *s; uint32_t len; };
+struct sip_uri {
+  int scheme; int host_type;
+  struct sip_str scheme_str, user, password, host, port_str, params, headers, opaque;
+  uint16_t port;
+};
+struct sip_nameaddr {
+  struct sip_str display; struct sip_str uri_str; struct sip_uri uri;
+  struct sip_str params; struct sip_str tag; int is_star;
+};
+int sip_uri_parse(const char *s, size_t len, struct sip_uri *out);
+int sip_nameaddr_parse(const char *s, size_t len, int allow_star, struct sip_nameaddr *out);
+int sip_param_next(const char **p, const char *end, struct sip_str *name, struct sip_str *value);
+
+int lunasip_msg_str(uint32_t h, uint32_t g, int field, const char **p, size_t *len);
+int lunasip_msg_int(uint32_t h, uint32_t g, int field, int64_t *out);
+int lunasip_msg_header(uint32_t h, uint32_t g, const char *name, size_t nlen, uint64_t *iter,
+                       const char **p, size_t *len);
+int lunasip_msg_edit(uint32_t h, uint32_t g, int op, const char *name, size_t nlen, const char *v, size_t vlen);
+int lunasip_msg_set_header(uint32_t h, uint32_t g, const char *name, size_t nlen, const struct sip_str *vals, size_t n);
+int lunasip_msg_set_ruri(uint32_t h, uint32_t g, const char *s, size_t len);
+int lunasip_msg_reply(uint32_t h, uint32_t g, int code, const char *reason, size_t rlen,
+                      const char *hdrs, size_t hlen, const char *body, size_t blen);
+int lunasip_msg_fix_nat(uint32_t h, uint32_t g);
+int lunasip_msg_destination_myself(uint32_t h, uint32_t g);
+int lunasip_uri_is_local(const char *s, size_t len);
+long lunasip_msg_serialize(uint32_t h, uint32_t g, char *buf, size_t cap);
+int lunasip_msg_parse(const char *buf, size_t len, uint32_t *h, uint32_t *g, const char **reason);
+int lunasip_msg_free(uint32_t h, uint32_t g);
+int lunasip_msg_last_reply(uint32_t h, uint32_t g, const char **p, size_t *len);
+void lunasip_log(int level, const char *msg, size_t len);
+int lunasip_log_enabled(int level);
+]]
+
+local C
+if pcall(function() return ffi.C.lunasip_msg_str end) then
+  C = ffi.C
+else
+  C = ffi.load(os.getenv("LUNASIP_LIB") or "liblunasip.so")
+end
+
+return {
+  C = C,
+  -- status codes (src/lapi.h)
+  OK = 0, NONE = -1, GONE = -2, EINVAL = -3, EDONE = -4, ESEND = -5, ENOMEM = -6,
+}

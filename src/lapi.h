@@ -1,0 +1,112 @@
+/* The C side of the Lua message API (SPEC §5.2): handles that Lua holds instead of raw
+ * pointers, and the lunasip_* functions the LuaJIT FFI calls (lua/lunasip/ffi.lua
+ * declares the same prototypes). Every FFI function returns an int status and fills
+ * out-parameters; none touches a lua_State. */
+#ifndef LUNASIP_LAPI_H
+#define LUNASIP_LAPI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sip_grammar.h"
+
+struct sip_msg;
+
+/* Status codes of the FFI functions. */
+#define LAPI_OK      0
+#define LAPI_NONE   -1 /* no such value (header absent, not a request, ...) */
+#define LAPI_GONE   -2 /* the handle outlived its message */
+#define LAPI_EINVAL -3 /* misuse: bad argument (Lua raises an error) */
+#define LAPI_EDONE  -4 /* request already answered with a final response */
+#define LAPI_ESEND  -5 /* the response could not be sent */
+#define LAPI_ENOMEM -6
+
+/* Per-request state bits returned by lapi_msg_unbind. */
+#define LAPI_ST_FINAL   0x1u /* a final response was sent */
+#define LAPI_ST_PROV    0x2u /* a provisional response was sent */
+
+/* Gives m a handle for Lua (takes a reference on m). Returns the slot id (>0), with
+ * *gen its generation, or 0 when out of memory. */
+uint32_t lapi_msg_bind(struct sip_msg *m, uint32_t *gen);
+/* Ends the handle: later calls through it answer LAPI_GONE; drops the reference.
+ * Returns the LAPI_ST_* bits gathered while it lived. */
+unsigned lapi_msg_unbind(struct sip_msg *m);
+
+/* String fields for lunasip_msg_str. */
+enum lapi_str_field {
+    LAPI_F_METHOD = 0,
+    LAPI_F_RURI,
+    LAPI_F_CALL_ID,
+    LAPI_F_BODY,
+    LAPI_F_REASON,
+    LAPI_F_SOURCE_IP,
+    LAPI_F_TRANSPORT,
+    LAPI_F_FROM,
+    LAPI_F_TO,
+    LAPI_F_FROM_TAG,
+    LAPI_F_TO_TAG,
+    LAPI_F_LOCAL_IP,
+    LAPI_F_CSEQ_METHOD,
+};
+
+/* Integer fields for lunasip_msg_int. */
+enum lapi_int_field {
+    LAPI_I_IS_REQUEST = 0,
+    LAPI_I_STATUS,
+    LAPI_I_CSEQ,
+    LAPI_I_MAX_FORWARDS,
+    LAPI_I_SOURCE_PORT,
+    LAPI_I_LOCAL_PORT,
+    LAPI_I_VIA_COUNT,
+};
+
+/* Header edit operations for lunasip_msg_edit. */
+enum lapi_edit_op {
+    LAPI_E_DELETE = 0,
+    LAPI_E_DELETE_TOP,
+    LAPI_E_INSERT,
+    LAPI_E_APPEND,
+};
+
+int lunasip_msg_str(uint32_t h, uint32_t g, int field, const char **p, size_t *len);
+int lunasip_msg_int(uint32_t h, uint32_t g, int field, int64_t *out);
+/* Header values in order; list headers (Via, Contact, Route, ...) yield one element per
+ * call. *iter starts at 0. Returns LAPI_OK with a value, LAPI_NONE at the end. */
+int lunasip_msg_header(uint32_t h, uint32_t g, const char *name, size_t nlen, uint64_t *iter,
+                       const char **p, size_t *len);
+int lunasip_msg_edit(uint32_t h, uint32_t g, int op, const char *name, size_t nlen, const char *v, size_t vlen);
+int lunasip_msg_set_header(uint32_t h, uint32_t g, const char *name, size_t nlen, const struct sip_str *vals, size_t n);
+int lunasip_msg_set_ruri(uint32_t h, uint32_t g, const char *s, size_t len);
+/* Answers the request. hdrs: "Name: value\r\n" lines built by Lua, validated here (token
+ * names, no CR/LF/NUL in values, none of the headers the core writes). */
+int lunasip_msg_reply(uint32_t h, uint32_t g, int code, const char *reason, size_t rlen,
+                      const char *hdrs, size_t hlen, const char *body, size_t blen);
+/* req:fix_nat(): answers go to the source address and port (RFC 3581 behaviour even
+ * without rport). */
+int lunasip_msg_fix_nat(uint32_t h, uint32_t g);
+/* req:destination_myself(): the R-URI host (and port, when given) is one of ours. */
+int lunasip_msg_destination_myself(uint32_t h, uint32_t g);
+/* Whether a URI (bare, no <>) names this lunasip (loose routing, Route checks). */
+int lunasip_uri_is_local(const char *s, size_t len);
+/* The serialised message with its edits into buf (for tests and logging).
+ * Returns the length or a negative status. */
+long lunasip_msg_serialize(uint32_t h, uint32_t g, char *buf, size_t cap);
+
+/* Parses raw bytes into a handle-bound message (tests and tools: lunasip.Message.parse).
+ * The message stays alive until lunasip_msg_free. Returns LAPI_OK and h/g, or the parse
+ * status (400/505/...) as a positive number with *reason set. */
+int lunasip_msg_parse(const char *buf, size_t len, uint32_t *h, uint32_t *g, const char **reason);
+int lunasip_msg_free(uint32_t h, uint32_t g);
+/* The last response a handle-bound message without a listener would have sent (tests). */
+int lunasip_msg_last_reply(uint32_t h, uint32_t g, const char **p, size_t *len);
+
+/* lunasip.log.*: level 0..4 as enum log_level. */
+void lunasip_log(int level, const char *msg, size_t len);
+int lunasip_log_enabled(int level);
+
+/* Local identity used by destination_myself (filled by main from the listeners). */
+int lapi_add_local_address(const char *host, int port);
+int lapi_add_local_domain(const char *domain);
+void lapi_clear_local(void);
+
+#endif

@@ -1,0 +1,284 @@
+/* Lua VM lifecycle: builds a LuaJIT state for server.lua, validates what the script
+ * defined, runs the OverSIP-style callbacks under a traceback handler, and keeps a
+ * replaced state alive while anything still references it. SPEC §5, §5.1, §5.6. */
+#include "lvm.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lapi.h"
+#include "log.h"
+#include "sip_msg.h"
+#include "stats.h"
+
+struct lvm {
+    lua_State *L;
+    int refs;
+    unsigned gen;
+    int ref_dispatch;   /* lunasip._dispatch_request */
+    int ref_traceback;  /* message handler */
+};
+
+struct lvm *lvm_current;
+static unsigned next_gen = 1;
+
+/* The message handler of every pcall: the error with a traceback of the failing stack. */
+static int traceback(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (!msg)
+        msg = lua_isnoneornil(L, 1) ? "(error object is nil)" : "(error object is not a string)";
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+/* Logs a multi-line Lua error one line at a time (log lines never embed newlines). */
+static void log_lua_error(const char *what, const char *err)
+{
+    const char *p = err;
+    int first = 1;
+    while (*p) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        if (first)
+            LOG_ERROR("%s: %.*s", what, (int)n, p);
+        else
+            LOG_ERROR("  %.*s", (int)n, p);
+        first = 0;
+        p += n;
+        if (*p == '\n')
+            p++;
+    }
+}
+
+static const char *const callback_tables[] = { "SystemEvents", "SipEvents", "WebSocketEvents", NULL };
+static const char *const callback_names[][8] = {
+    { "on_started", "on_user_reload", "on_terminated", NULL },
+    { "on_request", "on_client_tls_handshake", "on_server_tls_handshake", NULL },
+    { "on_connection", "on_disconnection", "on_client_tls_handshake", NULL },
+};
+
+/* After the script ran: the callback tables must still be tables and hold only known
+ * callbacks, each a function. A typo (SipEvents.on_requets) is an error, not silence. */
+static int validate(lua_State *L, const char *script, char *err, size_t errlen)
+{
+    for (int t = 0; callback_tables[t]; t++) {
+        lua_getglobal(L, callback_tables[t]);
+        if (!lua_istable(L, -1)) {
+            snprintf(err, errlen, "%s: %s must stay a table, got %s", script, callback_tables[t],
+                     luaL_typename(L, -1));
+            lua_pop(L, 1);
+            return -1;
+        }
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+            int known = 0;
+            for (int i = 0; k && callback_names[t][i]; i++)
+                if (strcmp(k, callback_names[t][i]) == 0)
+                    known = 1;
+            if (!known) {
+                char allowed[256] = "";
+                for (int i = 0; callback_names[t][i]; i++) {
+                    strncat(allowed, i ? ", " : "", sizeof(allowed) - strlen(allowed) - 1);
+                    strncat(allowed, callback_names[t][i], sizeof(allowed) - strlen(allowed) - 1);
+                }
+                snprintf(err, errlen, "%s: %s.%s: unknown callback; allowed: %s", script,
+                         callback_tables[t], k ? k : "(non-string key)", allowed);
+                lua_pop(L, 3);
+                return -1;
+            }
+            if (!lua_isfunction(L, -1)) {
+                snprintf(err, errlen, "%s: %s.%s: expected a function, got %s", script,
+                         callback_tables[t], k, luaL_typename(L, -1));
+                lua_pop(L, 3);
+                return -1;
+            }
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+/* Runs the bootstrap: paths, callback tables, the lunasip library. */
+static int bootstrap(lua_State *L, const struct lvm_env *env, char *err, size_t errlen)
+{
+    static const char code[] =
+        "local lua_dir, conf_dir = ...\n"
+        "package.path = lua_dir .. '/?.lua;' .. lua_dir .. '/?/init.lua;' ..\n"
+        "  conf_dir .. '/lib/?.lua;' .. conf_dir .. '/lib/?/init.lua;' .. package.path\n"
+        "SystemEvents, SipEvents, WebSocketEvents = {}, {}, {}\n"
+        "lunasip = require 'lunasip'\n"
+        "return lunasip._dispatch_request\n";
+    if (luaL_loadbuffer(L, code, sizeof(code) - 1, "=lunasip-bootstrap") != 0) {
+        snprintf(err, errlen, "bootstrap: %s", lua_tostring(L, -1));
+        return -1;
+    }
+    lua_pushstring(L, env->lua_dir);
+    lua_pushstring(L, env->conf_dir);
+    if (lua_pcall(L, 2, 1, 1) != 0) {
+        snprintf(err, errlen, "loading the lunasip Lua library from %s: %s", env->lua_dir, lua_tostring(L, -1));
+        return -1;
+    }
+    if (!lua_isfunction(L, -1)) {
+        snprintf(err, errlen, "%s/lunasip.lua: _dispatch_request missing", env->lua_dir);
+        return -1;
+    }
+    return 0;
+}
+
+int lvm_create(const struct lvm_env *env, struct lvm **out, char *err, size_t errlen)
+{
+    struct lvm *vm = calloc(1, sizeof(*vm));
+    if (!vm) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    lua_State *L = luaL_newstate();
+    if (!L) {
+        free(vm);
+        snprintf(err, errlen, "cannot create a Lua state (out of memory)");
+        return -1;
+    }
+    luaL_openlibs(L);
+    lua_pushcfunction(L, traceback); /* stack[1]: the message handler for every pcall */
+    if (bootstrap(L, env, err, errlen) != 0)
+        goto fail;
+    vm->ref_dispatch = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, 1);
+    vm->ref_traceback = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    if (luaL_loadfile(L, env->script) != 0) {
+        /* "path:line: message" already */
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        goto fail;
+    }
+    if (lua_pcall(L, 0, 0, 1) != 0) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        goto fail;
+    }
+    if (validate(L, env->script, err, errlen) != 0)
+        goto fail;
+    lua_settop(L, 0);
+    vm->L = L;
+    vm->refs = 1;
+    vm->gen = next_gen++;
+    *out = vm;
+    return 0;
+
+fail:
+    lua_close(L);
+    free(vm);
+    return -1;
+}
+
+void lvm_ref(struct lvm *vm)
+{
+    vm->refs++;
+}
+
+void lvm_unref(struct lvm *vm)
+{
+    if (!vm || --vm->refs > 0)
+        return;
+    LOG_DEBUG("closing Lua state %u", vm->gen);
+    lua_close(vm->L);
+    free(vm);
+}
+
+void lvm_install(struct lvm *vm)
+{
+    struct lvm *old = lvm_current;
+    lvm_current = vm;
+    if (old)
+        lvm_unref(old);
+}
+
+unsigned lvm_generation(const struct lvm *vm)
+{
+    return vm->gen;
+}
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void check_slow(const char *what, int64_t t0, const struct sip_msg *m)
+{
+    int64_t us = now_us() - t0;
+    if (us < LVM_SLOW_US)
+        return;
+    stats.lua_slow++;
+    if (m)
+        LOG_WARN("%s took %lld ms (threshold %d ms), Call-ID %.*s", what, (long long)(us / 1000),
+                 LVM_SLOW_US / 1000, (int)m->call_id.len, m->call_id.s);
+    else
+        LOG_WARN("%s took %lld ms (threshold %d ms)", what, (long long)(us / 1000), LVM_SLOW_US / 1000);
+}
+
+int lvm_system_event(struct lvm *vm, const char *name, const char *arg)
+{
+    lua_State *L = vm->L;
+    char what[64];
+    int rc = 0;
+    lvm_ref(vm);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_traceback);
+    lua_getglobal(L, "SystemEvents");
+    lua_getfield(L, -1, name);
+    if (lua_isfunction(L, -1)) {
+        snprintf(what, sizeof(what), "SystemEvents.%s", name);
+        int nargs = 0;
+        if (arg) {
+            lua_pushstring(L, arg);
+            nargs = 1;
+        }
+        int64_t t0 = now_us();
+        if (lua_pcall(L, nargs, 0, -3 - nargs) != 0) {
+            stats.lua_errors++;
+            log_lua_error(what, lua_tostring(L, -1));
+            rc = -1;
+        }
+        check_slow(what, t0, NULL);
+    }
+    lua_settop(L, 0);
+    lvm_unref(vm);
+    return rc;
+}
+
+int lvm_on_request(struct lvm *vm, struct sip_msg *m)
+{
+    lua_State *L = vm->L;
+    uint32_t gen;
+    uint32_t h = lapi_msg_bind(m, &gen);
+    if (!h)
+        return LVM_REQ_FAILED;
+    lvm_ref(vm);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_dispatch);
+    lua_pushnumber(L, h);
+    lua_pushnumber(L, gen);
+    int64_t t0 = now_us();
+    int rc = 0;
+    if (lua_pcall(L, 2, 0, 1) != 0) {
+        char what[160];
+        stats.lua_errors++;
+        snprintf(what, sizeof(what), "SipEvents.on_request failed (Call-ID %.*s)",
+                 (int)(m->call_id.len > 80 ? 80 : m->call_id.len), m->call_id.s);
+        log_lua_error(what, lua_tostring(L, -1));
+        rc = -1;
+    }
+    check_slow("SipEvents.on_request", t0, m);
+    lua_settop(L, 0);
+    lvm_unref(vm);
+    unsigned st = lapi_msg_unbind(m);
+    return (int)(st | (rc < 0 ? LVM_REQ_FAILED : 0));
+}

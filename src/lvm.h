@@ -1,0 +1,45 @@
+/* The Lua VM lifecycle: one LuaJIT state per loaded server.lua, reference-counted so a
+ * reload can swap in a new state while work started by the old one finishes. SPEC §5, §5.6. */
+#ifndef LUNASIP_LVM_H
+#define LUNASIP_LVM_H
+
+#include <stddef.h>
+
+struct sip_msg;
+
+struct lvm_env {
+    const char *lua_dir;   /* the lunasip Lua library (lua/) */
+    const char *conf_dir;  /* config dir: its lib/ is on package.path */
+    const char *script;    /* absolute path of server.lua */
+};
+
+struct lvm;
+
+/* The state new events go to. */
+extern struct lvm *lvm_current;
+
+/* Builds a new state: standard libraries, the lunasip library, the callback tables, then
+ * runs the script and checks what it defined. On error returns -1 with err holding
+ * "file:line: message" and nothing is leaked. The new state has one reference. */
+int lvm_create(const struct lvm_env *env, struct lvm **out, char *err, size_t errlen);
+void lvm_ref(struct lvm *vm);
+void lvm_unref(struct lvm *vm);       /* closes the state at zero */
+/* Makes vm the current state (taking over the caller's reference) and drops the
+ * current one's reference: the old state lives on while anything else holds it. */
+void lvm_install(struct lvm *vm);
+unsigned lvm_generation(const struct lvm *vm);
+
+/* SystemEvents.<name>(arg): on_started, on_user_reload, on_terminated. A missing handler
+ * is fine; an error is logged with its traceback. Returns 0 or -1 on error. */
+int lvm_system_event(struct lvm *vm, const char *name, const char *arg);
+
+/* SipEvents.on_request(request) for a request the core accepted. Returns the LAPI_ST_*
+ * bits of what the handler did (answered finally, provisionally), plus LVM_REQ_FAILED
+ * when it raised an error (logged with its traceback; the caller answers 500). */
+#define LVM_REQ_FAILED 0x100
+int lvm_on_request(struct lvm *vm, struct sip_msg *m);
+
+/* Handlers slower than this are logged (SPEC §5). */
+#define LVM_SLOW_US 100000
+
+#endif

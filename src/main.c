@@ -1,0 +1,408 @@
+/* lunasip: command line, start-up order (config, Lua, listeners, PID file, privileges,
+ * on_started), signals (HUP reload, USR1 user reload, TERM/INT graceful shutdown) and
+ * daemon mode. SPEC §2, §5.6. */
+#include <errno.h>
+#include <ev.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <libgen.h>
+#include <limits.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "lapi.h"
+#include "log.h"
+#include "lvm.h"
+#include "sip_core.h"
+#include "stats.h"
+#include "udp.h"
+#include "version.h"
+
+struct stats stats;
+
+static struct {
+    const char *config_dir;
+    const char *config_file;
+    const char *pidfile;
+    const char *user, *group;
+    const char *level;
+    int foreground, check;
+} opt;
+
+static struct config cfg;
+static struct config_proxies proxies;
+static struct listener *listeners;
+static char lua_dir[PATH_MAX];
+static struct ev_loop *loop;
+static int terminating;
+static ev_signal sig_hup, sig_usr1, sig_term, sig_int;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: lunasip [-c DIR|--config-dir DIR] [-f FILE] [--foreground] [-t|--check]\n"
+            "               [-P PIDFILE] [-u USER] [-g GROUP] [-l LEVEL] [-v|--version] [-h]\n"
+            "  -c, --config-dir DIR  configuration directory (default: conf/ beside the\n"
+            "                        checkout of the binary, else /etc/lunasip)\n"
+            "  -f, --config-file F   lunasip.conf to read instead of DIR/lunasip.conf\n"
+            "      --foreground      stay in the foreground and log to stderr\n"
+            "  -t, --check           validate every config file and server.lua, then exit 0/1\n"
+            "  -P, --pid-file FILE   write the PID here once every listener is bound\n"
+            "  -u, --user USER       drop privileges to USER after binding\n"
+            "  -g, --group GROUP     drop privileges to GROUP after binding\n"
+            "  -l, --log-level LVL   debug|info|notice|warn|error (overrides core.log_level)\n"
+            "  -v, --version         print the version\n"
+            "  -h, --help            this help\n");
+}
+
+static int is_dir_with(const char *dir, const char *file)
+{
+    char p[PATH_MAX];
+    struct stat st;
+    if (snprintf(p, sizeof(p), "%s/%s", dir, file) >= (int)sizeof(p))
+        return 0;
+    return stat(p, &st) == 0;
+}
+
+/* "conf" (or "lua") beside the checkout the binary lives in: ./lunasip at the top, or
+ * build/<mode>/lunasip two levels below it. */
+static int beside_binary(const char *sub, const char *probe, char *out, size_t outlen)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0)
+        return -1;
+    exe[n] = 0;
+    char *dir = dirname(exe);
+    const char *ups[] = { "", "/../.." };
+    for (int i = 0; i < 2; i++) {
+        char cand[PATH_MAX], real[PATH_MAX];
+        snprintf(cand, sizeof(cand), "%s%s/%s", dir, ups[i], sub);
+        if (is_dir_with(cand, probe) && realpath(cand, real)) {
+            snprintf(out, outlen, "%s", real);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int load_script(struct lvm **out, char *err, size_t errlen)
+{
+    struct lvm_env env = { lua_dir, cfg.dir, cfg.script };
+    return lvm_create(&env, out, err, errlen);
+}
+
+static int same_listen(const struct config *a, const struct config *b)
+{
+    if (a->nlisten != b->nlisten)
+        return 0;
+    for (size_t i = 0; i < a->nlisten; i++)
+        if (strcmp(a->listen[i].text, b->listen[i].text) != 0)
+            return 0;
+    return 1;
+}
+
+/* SPEC §5.6: read the files again, build a new Lua state, validate, then swap. On any
+ * error the running config and script stay. lunasip.conf changes other than the log
+ * level need a restart: they are reported, not applied. */
+static void reload(void)
+{
+    char err[CONFIG_ERR_MAX + 512];
+    struct config ncfg;
+    struct config_proxies nprox;
+    struct lvm *vm;
+
+    LOG_NOTICE("reloading configuration and %s", cfg.script);
+    if (config_load(cfg.dir, opt.config_file, &ncfg, err, sizeof(err)) != 0) {
+        stats.reloads_failed++;
+        LOG_ERROR("reload failed, keeping the running configuration: %s", err);
+        return;
+    }
+    if (config_proxies_load(cfg.dir, &nprox, err, sizeof(err)) != 0) {
+        stats.reloads_failed++;
+        LOG_ERROR("reload failed, keeping the running configuration: %s", err);
+        config_free(&ncfg);
+        return;
+    }
+    if (!same_listen(&cfg, &ncfg))
+        LOG_NOTICE("sip.listen changed in %s: restart lunasip to apply it", ncfg.file);
+    if (strcmp(ncfg.script, cfg.script) != 0)
+        LOG_NOTICE("core.script changed in %s: restart lunasip to apply it", ncfg.file);
+    if (!opt.level && ncfg.log_level != cfg.log_level) {
+        log_set_level(ncfg.log_level);
+        cfg.log_level = ncfg.log_level;
+    }
+    config_free(&ncfg);
+    if (load_script(&vm, err, sizeof(err)) != 0) {
+        stats.reloads_failed++;
+        LOG_ERROR("reload failed, the running script stays: %s", err);
+        config_proxies_free(&nprox);
+        return;
+    }
+    config_proxies_free(&proxies);
+    proxies = nprox;
+    lvm_install(vm);
+    stats.reloads_ok++;
+    LOG_NOTICE("reload done: %s is now generation %u", cfg.script, lvm_generation(vm));
+}
+
+static void on_signal(struct ev_loop *l, ev_signal *w, int revents)
+{
+    if (w->signum == SIGHUP) {
+        if (!terminating)
+            reload();
+    } else if (w->signum == SIGUSR1) {
+        LOG_NOTICE("SIGUSR1: running SystemEvents.on_user_reload");
+        if (lvm_current)
+            lvm_system_event(lvm_current, "on_user_reload", NULL);
+    } else {
+        if (terminating) {
+            LOG_NOTICE("second %s: exiting now", w->signum == SIGTERM ? "SIGTERM" : "SIGINT");
+            ev_break(l, EVBREAK_ALL);
+            return;
+        }
+        terminating = 1;
+        LOG_NOTICE("%s: shutting down", w->signum == SIGTERM ? "SIGTERM" : "SIGINT");
+        for (struct listener *li = listeners; li; li = li->next)
+            udp_stop(l, li);
+        if (lvm_current)
+            lvm_system_event(lvm_current, "on_terminated", NULL);
+        /* No transaction outlives its request yet, so nothing is left to wait for
+         * within core.shutdown_grace: stop now. */
+        ev_break(l, EVBREAK_ALL);
+    }
+}
+
+static int drop_privileges(void)
+{
+    if (opt.group) {
+        struct group *gr = getgrnam(opt.group);
+        if (!gr) {
+            LOG_ERROR("-g %s: no such group", opt.group);
+            return -1;
+        }
+        if (setgroups(0, NULL) == -1 || setgid(gr->gr_gid) == -1) {
+            LOG_ERROR("-g %s: %s", opt.group, strerror(errno));
+            return -1;
+        }
+    }
+    if (opt.user) {
+        struct passwd *pw = getpwnam(opt.user);
+        if (!pw) {
+            LOG_ERROR("-u %s: no such user", opt.user);
+            return -1;
+        }
+        if (!opt.group && (setgroups(0, NULL) == -1 || setgid(pw->pw_gid) == -1)) {
+            LOG_ERROR("-u %s: setgid: %s", opt.user, strerror(errno));
+            return -1;
+        }
+        if (setuid(pw->pw_uid) == -1) {
+            LOG_ERROR("-u %s: %s", opt.user, strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int write_pidfile(pid_t pid)
+{
+    if (!opt.pidfile)
+        return 0;
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", opt.pidfile);
+    FILE *f = fopen(tmp, "w");
+    if (!f || fprintf(f, "%d\n", (int)pid) < 0 || fclose(f) != 0 || rename(tmp, opt.pidfile) != 0) {
+        fprintf(stderr, "lunasip: cannot write the PID file %s: %s\n", opt.pidfile, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static int bind_listeners(void)
+{
+    char err[256];
+    struct listener **tail = &listeners;
+    for (size_t i = 0; i < cfg.nlisten; i++) {
+        const struct config_listen *cl = &cfg.listen[i];
+        if (cl->proto != CONFIG_LISTEN_UDP) {
+            LOG_NOTICE("%s: %s listeners arrive with the stream transports; not bound", cl->text,
+                       cl->proto == CONFIG_LISTEN_TCP ? "tcp" : cl->proto == CONFIG_LISTEN_TLS ? "tls"
+                       : cl->proto == CONFIG_LISTEN_WS ? "ws" : "wss");
+            continue;
+        }
+        struct listener *l;
+        if (udp_listen(loop, cl, cfg.max_message_size, sip_core_on_datagram, &l, err, sizeof(err)) != 0) {
+            LOG_ERROR("cannot listen on %s", err);
+            return -1;
+        }
+        *tail = l;
+        tail = &l->next;
+        lapi_add_local_address(l->host, l->port);
+        LOG_NOTICE("listening on %s", l->name);
+    }
+    if (!listeners) {
+        LOG_ERROR("%s: sip.listen has no udp: address; lunasip has nothing to serve", cfg.file);
+        return -1;
+    }
+    if (cfg.advertised_address)
+        lapi_add_local_domain(cfg.advertised_address);
+    for (size_t i = 0; i < cfg.nlocal_domains; i++)
+        lapi_add_local_domain(cfg.local_domains[i]);
+    return 0;
+}
+
+static void daemonize(void)
+{
+    pid_t pid = fork();
+    if (pid == -1) {
+        fprintf(stderr, "lunasip: fork: %s\n", strerror(errno));
+        exit(1);
+    }
+    if (pid > 0) {
+        /* every listener is bound: the PID file may now say where we run */
+        _exit(write_pidfile(pid) == 0 ? 0 : 1);
+    }
+    setsid();
+    int fd = open("/dev/null", O_RDWR);
+    if (fd >= 0) {
+        dup2(fd, 0);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        if (fd > 2)
+            close(fd);
+    }
+    ev_loop_fork(loop);
+    log_open_syslog("lunasip", cfg.syslog_facility);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        { "config-dir", required_argument, NULL, 'c' },
+        { "config-file", required_argument, NULL, 'f' },
+        { "foreground", no_argument, NULL, 'F' },
+        { "check", no_argument, NULL, 't' },
+        { "pid-file", required_argument, NULL, 'P' },
+        { "user", required_argument, NULL, 'u' },
+        { "group", required_argument, NULL, 'g' },
+        { "log-level", required_argument, NULL, 'l' },
+        { "version", no_argument, NULL, 'v' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "c:f:tP:u:g:l:vh", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'c': opt.config_dir = optarg; break;
+        case 'f': opt.config_file = optarg; break;
+        case 'F': opt.foreground = 1; break;
+        case 't': opt.check = 1; break;
+        case 'P': opt.pidfile = optarg; break;
+        case 'u': opt.user = optarg; break;
+        case 'g': opt.group = optarg; break;
+        case 'l': opt.level = optarg; break;
+        case 'v': printf("lunasip %s\n", LUNASIP_VERSION); return 0;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "lunasip: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    enum log_level lvl = LOG_LVL_INFO;
+    if (opt.level && log_level_parse(opt.level, &lvl) != 0) {
+        fprintf(stderr, "lunasip: -l %s: unknown level; allowed: debug, info, notice, warn, error\n", opt.level);
+        return 2;
+    }
+
+    char dirbuf[PATH_MAX];
+    if (!opt.config_dir) {
+        if (beside_binary("conf", "lunasip.conf", dirbuf, sizeof(dirbuf)) == 0)
+            opt.config_dir = dirbuf;
+        else
+            opt.config_dir = "/etc/lunasip";
+    }
+    const char *env_lua = getenv("LUNASIP_LUA_DIR");
+    if (env_lua)
+        snprintf(lua_dir, sizeof(lua_dir), "%s", env_lua);
+    else if (beside_binary("lua", "lunasip.lua", lua_dir, sizeof(lua_dir)) != 0)
+        snprintf(lua_dir, sizeof(lua_dir), "/usr/share/lunasip/lua");
+
+    char err[CONFIG_ERR_MAX + 512];
+    if (config_load(opt.config_dir, opt.config_file, &cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "lunasip: %s\n", err);
+        return 1;
+    }
+    log_set_level(opt.level ? lvl : cfg.log_level);
+    if (config_proxies_load(cfg.dir, &proxies, err, sizeof(err)) != 0) {
+        fprintf(stderr, "lunasip: %s\n", err);
+        return 1;
+    }
+    struct lvm *vm;
+    if (load_script(&vm, err, sizeof(err)) != 0) {
+        fprintf(stderr, "lunasip: %s\n", err);
+        return 1;
+    }
+    if (opt.check) {
+        printf("lunasip: %s, proxies.conf and %s are valid\n", cfg.file, cfg.script);
+        lvm_unref(vm);
+        config_proxies_free(&proxies);
+        config_free(&cfg);
+        return 0;
+    }
+    lvm_install(vm);
+
+    signal(SIGPIPE, SIG_IGN);
+    loop = ev_default_loop(EVFLAG_AUTO);
+    if (!loop) {
+        fprintf(stderr, "lunasip: cannot create the event loop\n");
+        return 1;
+    }
+    if (bind_listeners() != 0)
+        return 1;
+    if (opt.foreground) {
+        if (write_pidfile(getpid()) != 0)
+            return 1;
+    } else {
+        daemonize();
+    }
+    if (drop_privileges() != 0)
+        return 1;
+
+    ev_signal_init(&sig_hup, on_signal, SIGHUP);
+    ev_signal_init(&sig_usr1, on_signal, SIGUSR1);
+    ev_signal_init(&sig_term, on_signal, SIGTERM);
+    ev_signal_init(&sig_int, on_signal, SIGINT);
+    ev_signal_start(loop, &sig_hup);
+    ev_signal_start(loop, &sig_usr1);
+    ev_signal_start(loop, &sig_term);
+    ev_signal_start(loop, &sig_int);
+
+    LOG_NOTICE("lunasip %s started (pid %d, config %s, script %s)", LUNASIP_VERSION, (int)getpid(), cfg.dir, cfg.script);
+    lvm_system_event(lvm_current, "on_started", NULL);
+    ev_run(loop, 0);
+
+    LOG_NOTICE("lunasip stopped");
+    while (listeners) {
+        struct listener *n = listeners->next;
+        udp_close(loop, listeners);
+        listeners = n;
+    }
+    lvm_install(NULL);
+    lapi_clear_local();
+    config_proxies_free(&proxies);
+    config_free(&cfg);
+    if (opt.pidfile)
+        unlink(opt.pidfile);
+    ev_loop_destroy(loop);
+    return 0;
+}

@@ -1,0 +1,15 @@
+/* The core's handling of received SIP: keepalives, parsing, validation answers, the
+ * RFC 3261 §16.3 checks that need no routing, and the hand-off to server.lua. */
+#ifndef LUNASIP_SIP_CORE_H
+#define LUNASIP_SIP_CORE_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+struct listener;
+
+/* The udp_on_datagram callback: one datagram, borrowed. */
+void sip_core_on_datagram(struct listener *l, const char *buf, size_t len,
+                          const struct sockaddr *src, socklen_t srclen);
+
+#endif

@@ -1,0 +1,199 @@
+/* UDP transport: binds the udp: listeners of sip.listen, reads datagrams in batches with
+ * recvmmsg (one wake-up, one syscall for many requests under load) and sends answers.
+ * RFC 3261 §18 (transport layer), RFC 3581 (rport: the source port is kept per datagram). */
+#include "udp.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "stats.h"
+
+#define UDP_BATCH 32
+
+/* One set of receive buffers shared by every listener: the loop is single-threaded and a
+ * datagram is copied by the parser before the next read. */
+static char *rx_bufs[UDP_BATCH];
+static size_t rx_buf_size;
+static udp_on_datagram rx_cb;
+
+int sockaddr_ip_port(const struct sockaddr *sa, char *ip, size_t iplen, int *port)
+{
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+        if (!inet_ntop(AF_INET, &s4->sin_addr, ip, (socklen_t)iplen))
+            return -1;
+        *port = ntohs(s4->sin_port);
+        return 0;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+        if (!inet_ntop(AF_INET6, &s6->sin6_addr, ip, (socklen_t)iplen))
+            return -1;
+        *port = ntohs(s6->sin6_port);
+        return 0;
+    }
+    return -1;
+}
+
+static int ensure_buffers(int max_size)
+{
+    size_t want = (size_t)max_size + 1; /* one spare byte detects an oversized datagram */
+    if (rx_buf_size >= want)
+        return 0;
+    for (int i = 0; i < UDP_BATCH; i++) {
+        char *b = realloc(rx_bufs[i], want);
+        if (!b)
+            return -ENOMEM;
+        rx_bufs[i] = b;
+    }
+    rx_buf_size = want;
+    return 0;
+}
+
+/* Drains the socket in batches; each datagram is handed to the callback, oversized and
+ * truncated ones are dropped and counted. Stops at EAGAIN or after a bounded number of
+ * batches so one busy socket cannot starve the others. */
+static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct listener *l = w->data;
+    struct mmsghdr msgs[UDP_BATCH];
+    struct iovec iov[UDP_BATCH];
+    struct sockaddr_storage src[UDP_BATCH];
+
+    for (int round = 0; round < 8; round++) {
+        for (int i = 0; i < UDP_BATCH; i++) {
+            iov[i].iov_base = rx_bufs[i];
+            iov[i].iov_len = rx_buf_size;
+            memset(&msgs[i].msg_hdr, 0, sizeof(msgs[i].msg_hdr));
+            msgs[i].msg_hdr.msg_name = &src[i];
+            msgs[i].msg_hdr.msg_namelen = sizeof(src[i]);
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int n = recvmmsg(l->fd, msgs, UDP_BATCH, MSG_DONTWAIT, NULL);
+        if (n == -1) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                LOG_WARN("%s: recvmmsg: %s", l->name, strerror(errno));
+            return;
+        }
+        for (int i = 0; i < n; i++) {
+            size_t len = msgs[i].msg_len;
+            stats.rx_datagrams++;
+            if (len >= rx_buf_size || (msgs[i].msg_hdr.msg_flags & MSG_TRUNC)) {
+                char ip[64];
+                int port = 0;
+                stats.rx_oversized++;
+                if (sockaddr_ip_port((struct sockaddr *)&src[i], ip, sizeof(ip), &port) != 0)
+                    strcpy(ip, "?");
+                LOG_NOTICE("%s: dropped a datagram from %s:%d larger than sip.max_message_size (%zu bytes)",
+                           l->name, ip, port, rx_buf_size - 1);
+                continue;
+            }
+            rx_cb(l, rx_bufs[i], len, (struct sockaddr *)&src[i], msgs[i].msg_hdr.msg_namelen);
+        }
+        if (n < UDP_BATCH)
+            return;
+    }
+}
+
+int udp_listen(struct ev_loop *loop, const struct config_listen *cl, int max_size,
+               udp_on_datagram cb, struct listener **out, char *err, size_t errlen)
+{
+    struct listener *l = calloc(1, sizeof(*l));
+    int one = 1;
+    if (!l || ensure_buffers(max_size) != 0) {
+        free(l);
+        snprintf(err, errlen, "%s: out of memory", cl->text);
+        return -ENOMEM;
+    }
+    rx_cb = cb;
+    l->transport = SIP_TP_UDP;
+    l->family = cl->family;
+    if (cl->family == AF_INET6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&l->addr;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)cl->port);
+        if (inet_pton(AF_INET6, cl->host, &s6->sin6_addr) != 1)
+            goto bad_addr;
+        l->addrlen = sizeof(*s6);
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&l->addr;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)cl->port);
+        if (inet_pton(AF_INET, cl->host, &s4->sin_addr) != 1)
+            goto bad_addr;
+        l->addrlen = sizeof(*s4);
+    }
+    l->fd = socket(cl->family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (l->fd == -1) {
+        int e = errno;
+        snprintf(err, errlen, "%s: socket: %s", cl->text, strerror(e));
+        free(l);
+        return -e;
+    }
+    setsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (cl->family == AF_INET6)
+        setsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    /* Room for bursts: a proxy that answers from Lua must not lose datagrams to a small
+     * default socket buffer while a handler runs. */
+    int rcvbuf = 4 * 1024 * 1024;
+    setsockopt(l->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    if (bind(l->fd, (struct sockaddr *)&l->addr, l->addrlen) == -1) {
+        int e = errno;
+        snprintf(err, errlen, "%s: bind: %s", cl->text, strerror(e));
+        close(l->fd);
+        free(l);
+        return -e;
+    }
+    l->addrlen = sizeof(l->addr);
+    if (getsockname(l->fd, (struct sockaddr *)&l->addr, &l->addrlen) == -1) {
+        int e = errno;
+        snprintf(err, errlen, "%s: getsockname: %s", cl->text, strerror(e));
+        close(l->fd);
+        free(l);
+        return -e;
+    }
+    sockaddr_ip_port((struct sockaddr *)&l->addr, l->host, sizeof(l->host), &l->port);
+    snprintf(l->name, sizeof(l->name), cl->family == AF_INET6 ? "udp:[%s]:%d" : "udp:%s:%d", l->host, l->port);
+    ev_io_init(&l->io, on_readable, l->fd, EV_READ);
+    l->io.data = l;
+    ev_io_start(loop, &l->io);
+    *out = l;
+    return 0;
+
+bad_addr:
+    snprintf(err, errlen, "%s: not an IP address", cl->text);
+    free(l);
+    return -EINVAL;
+}
+
+void udp_stop(struct ev_loop *loop, struct listener *l)
+{
+    ev_io_stop(loop, &l->io);
+}
+
+void udp_close(struct ev_loop *loop, struct listener *l)
+{
+    ev_io_stop(loop, &l->io);
+    close(l->fd);
+    free(l);
+}
+
+int udp_send(struct listener *l, const struct sockaddr *dst, socklen_t dstlen, const char *buf, size_t len)
+{
+    for (;;) {
+        ssize_t n = sendto(l->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL, dst, dstlen);
+        if (n >= 0)
+            return 0;
+        if (errno == EINTR)
+            continue;
+        stats.tx_errors++;
+        return -errno;
+    }
+}

@@ -1,0 +1,4 @@
+#ifndef LUNASIP_VERSION_H
+#define LUNASIP_VERSION_H
+#define LUNASIP_VERSION "0.1.0"
+#endif
