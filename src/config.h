@@ -67,8 +67,9 @@ struct config {
     /* core */
     enum log_level log_level;
     char *syslog_facility;
-    char **nameservers; size_t nnameservers; /* NULL = resolv.conf; entries "IP[:PORT]" */
-    char *control_socket;        /* absolute path or NULL (disabled) */
+    char **nameservers; size_t nnameservers; /* NULL = resolv.conf; entries "IP[:PORT]",
+                                             * normalised to "IPv4:PORT" / "[IPv6]:PORT" (53) */
+    char *control_socket;        /* absolute path or NULL (disabled: `control_socket = false`) */
     char *metrics_listen;        /* "IP:PORT" or NULL */
     double shutdown_grace;
     int workers;
@@ -76,7 +77,7 @@ struct config {
 
     /* sip */
     struct config_listen *listen; size_t nlisten;
-    char *advertised_address;    /* NULL = bound IP */
+    char *advertised_address;    /* NULL = bound IP; IPv6 stored in brackets, names lower-case */
     char **local_domains; size_t nlocal_domains;
     int max_message_size;
     double tcp_connect_timeout, tls_handshake_timeout, header_timeout, connection_idle_timeout;
@@ -86,7 +87,7 @@ struct config {
     /* websocket */
     int ws_max_message_size, ws_max_frame_size;
     double ws_keepalive_interval, ws_pong_timeout;
-    char **ws_allowed_origins; size_t nws_allowed_origins; /* NULL = any */
+    char **ws_allowed_origins; size_t nws_allowed_origins; /* NULL = any; {} = non-NULL, 0: none */
 
     /* tls (paths absolute) */
     char *tls_certificate, *tls_private_key, *tls_ca_file;

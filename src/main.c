@@ -25,7 +25,6 @@
 #include "udp.h"
 #include "version.h"
 
-struct stats stats;
 
 static struct {
     const char *config_dir;
@@ -251,8 +250,18 @@ static int bind_listeners(void)
         LOG_ERROR("%s: sip.listen has no udp: address; lunasip has nothing to serve", cfg.file);
         return -1;
     }
-    if (cfg.advertised_address)
-        lapi_add_local_domain(cfg.advertised_address);
+    if (cfg.advertised_address) {
+        /* config keeps an IPv6 advertised address in brackets; URIs are compared without */
+        char host[256];
+        const char *a = cfg.advertised_address;
+        size_t n = strlen(a);
+        if (n > 2 && a[0] == '[' && n - 2 < sizeof(host)) {
+            memcpy(host, a + 1, n - 2);
+            host[n - 2] = 0;
+            a = host;
+        }
+        lapi_add_local_domain(a);
+    }
     for (size_t i = 0; i < cfg.nlocal_domains; i++)
         lapi_add_local_domain(cfg.local_domains[i]);
     return 0;
