@@ -1,0 +1,785 @@
+/* SIP grammar primitives: zero-copy, single-pass parsers for URIs, name-addr, Via, params
+ * and comma lists. RFC 3261 §25.1 (ABNF), §19.1, §20.10, §20.42; RFC 3966 (tel, loosely);
+ * RFC 5118 (IPv6 references). Reads only s[0..len), never allocates, never needs a NUL. */
+#include <string.h>
+
+#include "sip_grammar.h"
+
+/* Character classes, one bit each, looked up in a 256-entry table built at compile time. */
+enum {
+    CT_ALPHA  = 1u << 0,
+    CT_DIGIT  = 1u << 1,
+    CT_HEX    = 1u << 2,
+    CT_TOKEN  = 1u << 3,  /* RFC 3261 token: alphanum - . ! % * _ + ` ' ~ */
+    CT_USER   = 1u << 4,  /* unreserved / user-unreserved (escapes handled apart) */
+    CT_PASS   = 1u << 5,  /* unreserved / & = + $ , */
+    CT_PARAM  = 1u << 6,  /* paramchar minus escaped: param-unreserved / unreserved */
+    CT_HNV    = 1u << 7,  /* hnv-unreserved / unreserved */
+    CT_HOST   = 1u << 8,  /* hostname chars: alphanum - . */
+    CT_SCHEME = 1u << 9,  /* ALPHA / DIGIT / + - . */
+    CT_OPAQUE = 1u << 10, /* visible ASCII except < > " (no whitespace) */
+    CT_UINFO  = 1u << 11, /* anything that may appear in userinfo before '@' */
+    CT_QDTEXT = 1u << 12, /* quoted-string text: SP HTAB 0x21 0x23-5B 0x5D-7E UTF8-NONASCII */
+    CT_HVAL   = 1u << 13, /* unquoted header-param value: token, plus ':' for a bare IPv6 */
+    CT_PANY   = 1u << 14, /* tolerant param name/value: token or paramchar */
+    CT_WS     = 1u << 15, /* SP HTAB CR LF */
+    CT_V6     = 1u << 16, /* inside an IPv6 reference: HEXDIG : . */
+    CT_TEL    = 1u << 17, /* tel number chars, loosely: HEXDIG * # - . ( ) + */
+    CT_LSPEC  = 1u << 18, /* what sip_list_next must look at: , " < */
+    CT_ASTOP  = 1u << 19, /* ends a bare addr-spec: ; , ? SP HTAB CR LF */
+};
+
+#define IS_ALPHA(c) (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z'))
+#define IS_DIGIT(c) ((c) >= '0' && (c) <= '9')
+#define IS_ALNUM(c) (IS_ALPHA(c) || IS_DIGIT(c))
+#define IS_HEX(c) (IS_DIGIT(c) || ((c) >= 'a' && (c) <= 'f') || ((c) >= 'A' && (c) <= 'F'))
+#define IS_MARK(c) ((c) == '-' || (c) == '_' || (c) == '.' || (c) == '!' || (c) == '~' || \
+                    (c) == '*' || (c) == '\'' || (c) == '(' || (c) == ')')
+#define IS_UNRES(c) (IS_ALNUM(c) || IS_MARK(c))
+#define IS_TOKEN(c) (IS_ALNUM(c) || (c) == '-' || (c) == '.' || (c) == '!' || (c) == '%' || \
+                     (c) == '*' || (c) == '_' || (c) == '+' || (c) == '`' || (c) == '\'' || (c) == '~')
+#define IS_USERX(c) ((c) == '&' || (c) == '=' || (c) == '+' || (c) == '$' || (c) == ',' || \
+                     (c) == ';' || (c) == '?' || (c) == '/')
+#define IS_PASSX(c) ((c) == '&' || (c) == '=' || (c) == '+' || (c) == '$' || (c) == ',')
+#define IS_PARAMX(c) ((c) == '[' || (c) == ']' || (c) == '/' || (c) == ':' || (c) == '&' || \
+                      (c) == '+' || (c) == '$')
+#define IS_HNVX(c) ((c) == '[' || (c) == ']' || (c) == '/' || (c) == '?' || (c) == ':' || \
+                    (c) == '+' || (c) == '$')
+#define IS_WS(c) ((c) == ' ' || (c) == '\t' || (c) == '\r' || (c) == '\n')
+
+#define CLS(c) ( \
+    (IS_ALPHA(c) ? CT_ALPHA : 0u) | (IS_DIGIT(c) ? CT_DIGIT : 0u) | (IS_HEX(c) ? CT_HEX : 0u) | \
+    (IS_TOKEN(c) ? CT_TOKEN : 0u) | \
+    (IS_UNRES(c) || IS_USERX(c) ? CT_USER : 0u) | \
+    (IS_UNRES(c) || IS_PASSX(c) ? CT_PASS : 0u) | \
+    (IS_UNRES(c) || IS_PARAMX(c) ? CT_PARAM : 0u) | \
+    (IS_UNRES(c) || IS_HNVX(c) ? CT_HNV : 0u) | \
+    (IS_ALNUM(c) || (c) == '-' || (c) == '.' ? CT_HOST : 0u) | \
+    (IS_ALNUM(c) || (c) == '+' || (c) == '-' || (c) == '.' ? CT_SCHEME : 0u) | \
+    ((c) > 0x20 && (c) < 0x7f && (c) != '<' && (c) != '>' && (c) != '"' ? CT_OPAQUE : 0u) | \
+    (IS_UNRES(c) || IS_USERX(c) || (c) == ':' || (c) == '%' ? CT_UINFO : 0u) | \
+    ((c) == ' ' || (c) == '\t' || (c) == 0x21 || ((c) >= 0x23 && (c) <= 0x5b) || \
+     ((c) >= 0x5d && (c) <= 0x7e) || (c) >= 0x80 ? CT_QDTEXT : 0u) | \
+    (IS_TOKEN(c) || (c) == ':' ? CT_HVAL : 0u) | \
+    (IS_TOKEN(c) || IS_UNRES(c) || IS_PARAMX(c) ? CT_PANY : 0u) | \
+    (IS_WS(c) ? CT_WS : 0u) | \
+    (IS_HEX(c) || (c) == ':' || (c) == '.' ? CT_V6 : 0u) | \
+    (IS_HEX(c) || (c) == '*' || (c) == '#' || (c) == '-' || (c) == '.' || (c) == '(' || \
+     (c) == ')' || (c) == '+' ? CT_TEL : 0u) | \
+    ((c) == ',' || (c) == '"' || (c) == '<' ? CT_LSPEC : 0u) | \
+    ((c) == ';' || (c) == ',' || (c) == '?' || IS_WS(c) ? CT_ASTOP : 0u))
+
+#define R4(b) CLS(b), CLS((b) + 1), CLS((b) + 2), CLS((b) + 3)
+#define R16(b) R4(b), R4((b) + 4), R4((b) + 8), R4((b) + 12)
+#define R64(b) R16(b), R16((b) + 16), R16((b) + 32), R16((b) + 48)
+static const uint32_t ctab[256] = { R64(0), R64(64), R64(128), R64(192) };
+
+#define CT(c) (ctab[(unsigned char)(c)])
+
+static inline struct sip_str slice(const char *a, const char *b)
+{
+    return (struct sip_str){ a, (uint32_t)(b - a) };
+}
+
+static inline const char *scan(const char *p, const char *end, uint32_t cls)
+{
+    while (p < end && (CT(*p) & cls))
+        p++;
+    return p;
+}
+
+/* Skips LWS (RFC 3261 §25.1): SP/HTAB, and a line break (CRLF, or a lone LF) only when the
+ * next line starts with SP/HTAB, i.e. header folding. A bare CR or LF is not LWS. */
+static const char *skip_lws(const char *p, const char *end)
+{
+    while (p < end) {
+        char c = *p;
+        if (c == ' ' || c == '\t')
+            p++;
+        else if (c == '\r' && end - p >= 3 && p[1] == '\n' && (p[2] == ' ' || p[2] == '\t'))
+            p += 3;
+        else if (c == '\n' && end - p >= 2 && (p[1] == ' ' || p[1] == '\t'))
+            p += 2;
+        else
+            break;
+    }
+    return p;
+}
+
+/* Scans a run of cls characters and "%" HEXDIG HEXDIG escapes. Returns where the run ends,
+ * or NULL when a '%' is not followed by two hex digits (RFC 3261 escaped), inside [p, end). */
+static const char *scan_esc(const char *p, const char *end, uint32_t cls)
+{
+    while (p < end) {
+        uint32_t t = CT(*p);
+        if (t & cls) {
+            p++;
+            continue;
+        }
+        if (*p != '%')
+            break;
+        if (end - p < 3 || !(CT(p[1]) & CT(p[2]) & CT_HEX))
+            return NULL;
+        p += 3;
+    }
+    return p;
+}
+
+/* Skips a quoted-string starting at the opening '"'. Accepts qdtext (UTF-8 included),
+ * folding, and quoted-pairs "\" followed by any of %x00-09 / %x0B-0C / %x0E-7F. Refuses
+ * raw control characters and an unterminated string. Returns the byte after the closing
+ * quote or NULL. */
+static const char *skip_quoted(const char *p, const char *end)
+{
+    p++;
+    while (p < end) {
+        unsigned char c = (unsigned char)*p;
+        if (CT(c) & CT_QDTEXT) {
+            p++;
+        } else if (c == '"') {
+            return p + 1;
+        } else if (c == '\\') {
+            if (end - p < 2)
+                return NULL;
+            c = (unsigned char)p[1];
+            if (c == '\n' || c == '\r' || c > 0x7f)
+                return NULL;
+            p += 2;
+        } else {
+            const char *q = skip_lws(p, end); /* folding inside the string */
+            if (q == p)
+                return NULL;
+            p = q;
+        }
+    }
+    return NULL;
+}
+
+/* IPv4address (RFC 3261 §25.1): exactly four 1*3DIGIT octets of value 0..255. */
+static int ipv4_ok(const char *p, const char *e)
+{
+    for (int part = 0; part < 4; part++) {
+        unsigned v = 0;
+        int n = 0;
+        if (part) {
+            if (p >= e || *p != '.')
+                return 0;
+            p++;
+        }
+        while (p < e && IS_DIGIT(*p) && n < 4) {
+            v = v * 10 + (unsigned)(*p - '0');
+            p++;
+            n++;
+        }
+        if (n == 0 || n > 3 || v > 255)
+            return 0;
+    }
+    return p == e;
+}
+
+/* IPv6address (RFC 3261 §25.1 / RFC 4291 §2.2): hex groups of 1..4 digits, one "::" at most,
+ * an optional dotted IPv4 tail, 8 groups without "::" and at most 7 with it. Tolerates the
+ * RFC 5118 §4.10 three-colon form ("2001:db8:::192.0.2.1") right before an IPv4 tail, which
+ * RFC 3261's ABNF bug produced and RFC 5118 says must be accepted. */
+static int ipv6_ok(const char *p, const char *e)
+{
+    int colons = 0, groups = 0, comp = 0, v4 = 0, lastrun = 0;
+    if (p < e && *p == ':' && (e - p < 2 || p[1] != ':'))
+        return 0; /* a lone leading ':' */
+    while (p < e) {
+        if (*p == ':') {
+            int run = 0;
+            while (p < e && *p == ':') {
+                run++;
+                p++;
+            }
+            colons += run;
+            if (run > 3 || (run > 1 && comp))
+                return 0;
+            if (run > 1)
+                comp = run;
+            if (p == e && run == 1)
+                return 0; /* a lone trailing ':' */
+            lastrun = run;
+            continue;
+        }
+        const char *g = p;
+        int dot = 0;
+        while (p < e && *p != ':') {
+            if (*p == '.')
+                dot = 1;
+            else if (!(CT(*p) & CT_HEX))
+                return 0;
+            p++;
+        }
+        if (dot) {
+            if (p != e || !ipv4_ok(g, p))
+                return 0;
+            groups += 2;
+            v4 = 1;
+        } else {
+            if (p - g > 4)
+                return 0;
+            groups++;
+        }
+    }
+    if (colons < 2)
+        return 0;
+    if (comp == 3 && !(v4 && lastrun == 3))
+        return 0;
+    return comp ? groups <= 7 : groups == 8;
+}
+
+/* host = hostname / IPv4address / IPv6reference (RFC 3261 §25.1). Hostnames are taken
+ * tolerantly (any alphanum/'-' labels, optional trailing dot; RFC 1123 allows a leading
+ * digit) but refuse empty labels; a host made only of digits and dots must be a valid IPv4
+ * address. Returns the end of the host, or NULL. */
+static const char *parse_host(const char *p, const char *end, struct sip_str *host,
+                              enum sip_host_type *type)
+{
+    const char *s = p;
+    if (p < end && *p == '[') {
+        const char *q = scan(p + 1, end, CT_V6);
+        if (q >= end || *q != ']' || !ipv6_ok(p + 1, q))
+            return NULL;
+        *host = slice(s, q + 1);
+        *type = SIP_HOST_IPV6;
+        return q + 1;
+    }
+    int numeric = 1;
+    char prev = '.';
+    while (p < end) {
+        uint32_t t = CT(*p);
+        if (!(t & CT_HOST))
+            break;
+        if (*p == '.') {
+            if (prev == '.')
+                return NULL; /* empty label */
+        } else if (!(t & CT_DIGIT)) {
+            numeric = 0;
+        }
+        prev = *p++;
+    }
+    if (p == s)
+        return NULL;
+    if (numeric) {
+        if (!ipv4_ok(s, p))
+            return NULL;
+        *type = SIP_HOST_IPV4;
+    } else {
+        *type = SIP_HOST_NAME;
+    }
+    *host = slice(s, p);
+    return p;
+}
+
+/* port = 1*DIGIT, 0..65535 (at most 10 digits, so no overflow). Returns the end or NULL. */
+static const char *parse_port(const char *p, const char *end, struct sip_str *ps, uint16_t *port)
+{
+    const char *q = scan(p, end, CT_DIGIT);
+    uint64_t v;
+    if (sip_parse_uint(p, (size_t)(q - p), 65535, &v) != 0)
+        return NULL;
+    *ps = slice(p, q);
+    *port = (uint16_t)v;
+    return q;
+}
+
+/* uri-parameters after the first ';': 1*paramchar ["=" 1*paramchar] separated by ';'
+ * (RFC 3261 §25.1). An empty name or value (";;", a trailing ';', "a=") is refused.
+ * Stops at '?' or any other character the caller must judge. Returns the end or NULL. */
+static const char *uri_params(const char *p, const char *end)
+{
+    for (;;) {
+        const char *q = scan_esc(p, end, CT_PARAM);
+        if (!q || q == p)
+            return NULL;
+        p = q;
+        if (p < end && *p == '=') {
+            q = scan_esc(p + 1, end, CT_PARAM);
+            if (!q || q == p + 1)
+                return NULL;
+            p = q;
+        }
+        if (p < end && *p == ';') {
+            p++;
+            continue;
+        }
+        return p;
+    }
+}
+
+/* headers after '?': hname "=" hvalue *("&" hname "=" hvalue), hvalue may be empty. */
+static const char *uri_headers(const char *p, const char *end)
+{
+    for (;;) {
+        const char *q = scan_esc(p, end, CT_HNV);
+        if (!q || q == p || q >= end || *q != '=')
+            return NULL;
+        p = scan_esc(q + 1, end, CT_HNV);
+        if (!p)
+            return NULL;
+        if (p < end && *p == '&') {
+            p++;
+            continue;
+        }
+        return p;
+    }
+}
+
+/* SIP-URI / SIPS-URI after "scheme:" (RFC 3261 §25.1). userinfo exists exactly when an '@'
+ * comes before any character that cannot be in userinfo: user may itself hold ';' '?' '/'
+ * (RFC 4475 §3.1.1.2, §3.1.1.9), so the first '@' decides, not the first ';'. */
+static int parse_sip(const char *p, const char *end, struct sip_uri *out)
+{
+    const char *q = scan(p, end, CT_UINFO);
+    if (q < end && *q == '@') {
+        const char *u = scan_esc(p, q, CT_USER);
+        if (!u || u == p)
+            return -1;
+        out->user = slice(p, u);
+        if (u < q) {
+            if (*u != ':')
+                return -1;
+            const char *pw = scan_esc(u + 1, q, CT_PASS);
+            if (pw != q)
+                return -1;
+            out->password = slice(u + 1, q);
+        }
+        p = q + 1;
+    }
+    p = parse_host(p, end, &out->host, &out->host_type);
+    if (!p)
+        return -1;
+    if (p < end && *p == ':') {
+        p = parse_port(p + 1, end, &out->port_str, &out->port);
+        if (!p)
+            return -1;
+    }
+    if (p < end && *p == ';') {
+        const char *ps = p + 1;
+        p = uri_params(ps, end);
+        if (!p)
+            return -1;
+        out->params = slice(ps, p);
+    }
+    if (p < end && *p == '?') {
+        const char *hs = p + 1;
+        p = uri_headers(hs, end);
+        if (!p)
+            return -1;
+        out->headers = slice(hs, p);
+    }
+    return p == end ? 0 : -1;
+}
+
+/* tel URI, loosely after RFC 3966 §3: a non-empty number of digits, visual separators and
+ * escapes with at least one digit, then uri-parameters. No headers. */
+static int parse_tel(const char *p, const char *end, struct sip_uri *out)
+{
+    const char *q = scan_esc(p, end, CT_TEL);
+    if (!q || q == p)
+        return -1;
+    const char *d = p;
+    while (d < q && !(CT(*d) & CT_HEX))
+        d++;
+    if (d == q)
+        return -1;
+    out->user = slice(p, q);
+    if (q < end && *q == ';') {
+        const char *ps = q + 1;
+        q = uri_params(ps, end);
+        if (!q)
+            return -1;
+        out->params = slice(ps, q);
+    }
+    return q == end ? 0 : -1;
+}
+
+static inline int lc(int c)
+{
+    return (c >= 'A' && c <= 'Z') ? c + 32 : c;
+}
+
+int sip_uri_parse(const char *s, size_t len, struct sip_uri *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (len == 0 || len > UINT32_MAX)
+        return -1;
+    const char *end = s + len;
+    if (!(CT(*s) & CT_ALPHA))
+        return -1;
+    const char *p = scan(s + 1, end, CT_SCHEME);
+    if (p >= end || *p != ':')
+        return -1;
+    out->scheme_str = slice(s, p);
+    size_t n = (size_t)(p - s);
+    p++;
+    if ((n == 3 || n == 4) && lc(s[0]) == 's' && lc(s[1]) == 'i' && lc(s[2]) == 'p' &&
+        (n == 3 || lc(s[3]) == 's')) {
+        out->scheme = n == 3 ? SIP_URI_SIP : SIP_URI_SIPS;
+        return parse_sip(p, end, out);
+    }
+    if (n == 3 && lc(s[0]) == 't' && lc(s[1]) == 'e' && lc(s[2]) == 'l') {
+        out->scheme = SIP_URI_TEL;
+        return parse_tel(p, end, out);
+    }
+    out->scheme = SIP_URI_OTHER;
+    if (p == end || scan(p, end, CT_OPAQUE) != end)
+        return -1;
+    out->opaque = slice(p, end);
+    return 0;
+}
+
+/* One ";name[=value]" step shared by the public iterator (tolerant classes, a superset
+ * of every params slice the parsers here return) and the header parsers (strict classes).
+ * value: quoted-string, IPv6 reference (strict mode; the tolerant class takes [ ] as
+ * plain chars), or 1*vcls. LWS is skipped around '=' and ';'. A trailing ';' and an
+ * empty name or value are malformed. */
+static int param_next(const char **pp, const char *end, struct sip_str *name,
+                      struct sip_str *value, uint32_t ncls, uint32_t vcls)
+{
+    const char *p = skip_lws(*pp, end);
+    if (p >= end) {
+        *pp = end;
+        return 0;
+    }
+    const char *n = p;
+    p = scan(p, end, ncls);
+    if (p == n)
+        return -1;
+    *name = slice(n, p);
+    *value = (struct sip_str){ NULL, 0 };
+    p = skip_lws(p, end);
+    if (p < end && *p == '=') {
+        p = skip_lws(p + 1, end);
+        const char *v = p;
+        if (p < end && *p == '"') {
+            p = skip_quoted(p, end);
+            if (!p)
+                return -1;
+        } else if (p < end && *p == '[' && !(CT('[') & vcls)) {
+            const char *q = scan(p + 1, end, CT_V6);
+            if (q >= end || *q != ']')
+                return -1;
+            p = q + 1;
+        } else {
+            p = scan(p, end, vcls);
+        }
+        if (p == v)
+            return -1;
+        *value = slice(v, p);
+        p = skip_lws(p, end);
+    }
+    if (p < end) {
+        if (*p != ';')
+            return -1;
+        p = skip_lws(p + 1, end);
+        if (p >= end)
+            return -1;
+    }
+    *pp = p;
+    return 1;
+}
+
+int sip_param_next(const char **p, const char *end, struct sip_str *name, struct sip_str *value)
+{
+    return param_next(p, end, name, value, CT_PANY, CT_PANY);
+}
+
+int sip_param_get(struct sip_str params, const char *name, struct sip_str *value)
+{
+    if (!params.s)
+        return 0;
+    const char *p = params.s, *end = params.s + params.len;
+    struct sip_str n, v;
+    int r;
+    while ((r = sip_param_next(&p, end, &n, &v)) == 1) {
+        if (sip_str_casecmp(n, name) == 0) {
+            if (value)
+                *value = v;
+            return 1;
+        }
+    }
+    return r;
+}
+
+/* Splits at commas outside quoted strings and <...>. An empty element (leading, doubled or
+ * trailing comma) is malformed: after the last item a trailing comma leaves *p on the comma
+ * so that the next call reports it. */
+int sip_list_next(const char **pp, const char *end, struct sip_str *item)
+{
+    const char *p = *pp;
+    while (p < end && (CT(*p) & CT_WS))
+        p++;
+    if (p >= end) {
+        *pp = end;
+        return 0;
+    }
+    if (*p == ',')
+        return -1;
+    const char *s = p;
+    while (p < end) {
+        char c = *p;
+        if (!(CT(c) & CT_LSPEC)) {
+            p++;
+        } else if (c == ',') {
+            break;
+        } else if (c == '"') {
+            p = skip_quoted(p, end);
+            if (!p)
+                return -1;
+        } else {
+            const char *g = memchr(p, '>', (size_t)(end - p));
+            if (!g)
+                return -1;
+            p = g + 1;
+        }
+    }
+    *item = sip_str_trim(slice(s, p));
+    if (p < end) {
+        const char *n = p + 1;
+        while (n < end && (CT(*n) & CT_WS))
+            n++;
+        *pp = n < end ? n : p;
+    } else {
+        *pp = end;
+    }
+    return 1;
+}
+
+/* Header params after a name-addr/addr-spec: [LWS] *(";" generic-param) to the end.
+ * generic-param = token [ "=" (token / host / quoted-string) ] (RFC 3261 §25.1); tag must
+ * be "tag=" token (§20.20). */
+static int nameaddr_params(const char *p, const char *end, struct sip_nameaddr *out)
+{
+    p = skip_lws(p, end);
+    if (p == end)
+        return 0;
+    if (*p != ';')
+        return -1;
+    p = skip_lws(p + 1, end);
+    if (p >= end)
+        return -1;
+    out->params = slice(p, end);
+    struct sip_str n, v;
+    int r;
+    while ((r = param_next(&p, end, &n, &v, CT_TOKEN, CT_HVAL)) == 1) {
+        if (!out->tag.s && n.len == 3 && sip_str_casecmp(n, "tag") == 0) {
+            if (!v.s || !sip_is_token(v.s, v.len))
+                return -1;
+            out->tag = v;
+        }
+    }
+    return r;
+}
+
+/* A bare addr-spec (RFC 3261 §20.10): the URI runs to the first ';' or LWS, everything
+ * after ';' is header params. A URI holding ',' or '?' must be in <> (§20.10), so refused. */
+static int nameaddr_bare(const char *p, const char *end, struct sip_nameaddr *out)
+{
+    const char *q = p;
+    while (q < end && !(CT(*q) & CT_ASTOP))
+        q++;
+    if (q < end && (*q == ',' || *q == '?'))
+        return -1;
+    if (sip_uri_parse(p, (size_t)(q - p), &out->uri) != 0)
+        return -1;
+    out->uri_str = slice(p, q);
+    return nameaddr_params(q, end, out);
+}
+
+/* name-addr = [display-name] LAQUOT addr-spec RAQUOT, or addr-spec, then header params.
+ * display-name is a quoted-string or *(token LWS); LWS before '<' is optional (RFC 4475
+ * §3.1.1.6 lwsdisp). Refused: unbalanced quotes, unquoted non-token display names (',' in
+ * baddn), anything but a bare URI inside <> (spaces in badaspec), an unclosed '<'. */
+int sip_nameaddr_parse(const char *s, size_t len, int allow_star, struct sip_nameaddr *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (len == 0 || len > UINT32_MAX)
+        return -1;
+    struct sip_str t = sip_str_trim((struct sip_str){ s, (uint32_t)len });
+    const char *p = t.s, *end = t.s + t.len;
+    if (p >= end)
+        return -1;
+    if (*p == '*' && t.len == 1) {
+        if (!allow_star)
+            return -1;
+        out->is_star = 1;
+        return 0;
+    }
+    if (*p == '"') {
+        const char *q = skip_quoted(p, end);
+        if (!q)
+            return -1;
+        out->display = slice(p, q);
+        p = skip_lws(q, end);
+        if (p >= end || *p != '<')
+            return -1;
+    } else if (*p != '<') {
+        const char *d = p, *dend = p;
+        for (;;) {
+            const char *q = scan(p, end, CT_TOKEN);
+            if (q == p)
+                return -1;
+            if (p == d && q < end && *q == ':')
+                return nameaddr_bare(d, end, out);
+            dend = q;
+            p = skip_lws(q, end);
+            if (p < end && *p == '<')
+                break;
+            if (p == q)
+                return -1;
+        }
+        out->display = slice(d, dend);
+    }
+    const char *u = p + 1;
+    const char *g = memchr(u, '>', (size_t)(end - u));
+    if (!g || sip_uri_parse(u, (size_t)(g - u), &out->uri) != 0)
+        return -1;
+    out->uri_str = slice(u, g);
+    return nameaddr_params(g + 1, end, out);
+}
+
+/* Checks a Via received value: IPv4, IPv6 bare (RFC 3261) or in [] (RFC 5118 §4.5). */
+static int received_ok(struct sip_str v)
+{
+    const char *p = v.s, *e = v.s + v.len;
+    if (v.len >= 2 && *p == '[')
+        return e[-1] == ']' && ipv6_ok(p + 1, e - 1);
+    if (memchr(p, ':', v.len))
+        return ipv6_ok(p, e);
+    return ipv4_ok(p, e);
+}
+
+/* via-parm (RFC 3261 §20.42, §25.1) with LWS around '/', ':', ';' and '=' (RFC 4475
+ * §3.1.1.1). Known params are checked: branch a token, received an IP address, rport empty
+ * or a port, ttl 0..255, maddr a host. Stray ';' are refused (RFC 4475 §3.1.2.1 badinv01). */
+int sip_via_parse(const char *s, size_t len, struct sip_via *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (len == 0 || len > UINT32_MAX)
+        return -1;
+    struct sip_str t = sip_str_trim((struct sip_str){ s, (uint32_t)len });
+    const char *p = t.s, *end = t.s + t.len, *q;
+    struct sip_str *proto[3] = { &out->proto_name, &out->proto_version, &out->transport };
+    for (int i = 0; i < 3; i++) {
+        if (i) {
+            p = skip_lws(p, end);
+            if (p >= end || *p != '/')
+                return -1;
+            p = skip_lws(p + 1, end);
+        }
+        q = scan(p, end, CT_TOKEN);
+        if (q == p)
+            return -1;
+        *proto[i] = slice(p, q);
+        p = q;
+    }
+    q = skip_lws(p, end);
+    if (q == p)
+        return -1;
+    p = parse_host(q, end, &out->host, &out->host_type);
+    if (!p)
+        return -1;
+    q = skip_lws(p, end);
+    if (q < end && *q == ':') {
+        p = parse_port(skip_lws(q + 1, end), end, &out->port_str, &out->port);
+        if (!p)
+            return -1;
+        q = skip_lws(p, end);
+    }
+    p = q;
+    if (p == end)
+        return 0;
+    if (*p != ';')
+        return -1;
+    p = skip_lws(p + 1, end);
+    if (p >= end)
+        return -1;
+    out->params = slice(p, end);
+    struct sip_str n, v;
+    int r;
+    while ((r = param_next(&p, end, &n, &v, CT_TOKEN, CT_HVAL)) == 1) {
+        if (n.len == 6 && sip_str_casecmp(n, "branch") == 0) {
+            if (!v.s || !sip_is_token(v.s, v.len))
+                return -1;
+            if (!out->branch.s)
+                out->branch = v;
+        } else if (n.len == 8 && sip_str_casecmp(n, "received") == 0) {
+            if (!v.s || !received_ok(v))
+                return -1;
+            if (!out->has_received) {
+                out->received = v;
+                out->has_received = 1;
+            }
+        } else if (n.len == 5 && sip_str_casecmp(n, "rport") == 0) {
+            uint64_t x;
+            if (v.s && sip_parse_uint(v.s, v.len, 65535, &x) != 0)
+                return -1;
+            if (!out->has_rport) {
+                out->rport = v;
+                out->has_rport = 1;
+            }
+        } else if (n.len == 5 && sip_str_casecmp(n, "maddr") == 0) {
+            struct sip_str h;
+            enum sip_host_type ht;
+            if (!v.s || parse_host(v.s, v.s + v.len, &h, &ht) != v.s + v.len)
+                return -1;
+            if (!out->maddr.s)
+                out->maddr = v;
+        } else if (n.len == 3 && sip_str_casecmp(n, "ttl") == 0) {
+            uint64_t x;
+            if (!v.s || sip_parse_uint(v.s, v.len, 255, &x) != 0)
+                return -1;
+        }
+    }
+    return r;
+}
+
+int sip_is_token(const char *s, size_t len)
+{
+    if (len == 0)
+        return 0;
+    const char *end = s + len;
+    return scan(s, end, CT_TOKEN) == end;
+}
+
+int sip_str_casecmp(struct sip_str a, const char *b)
+{
+    for (uint32_t i = 0; i < a.len; i++) {
+        if (b[i] == '\0' || lc((unsigned char)a.s[i]) != lc((unsigned char)b[i]))
+            return 1;
+    }
+    return b[a.len] != '\0';
+}
+
+int sip_parse_uint(const char *s, size_t len, uint64_t max, uint64_t *out)
+{
+    if (len == 0 || len > 10)
+        return -1;
+    uint64_t v = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned d = (unsigned)((unsigned char)s[i] - '0');
+        if (d > 9)
+            return -1;
+        v = v * 10 + d;
+    }
+    if (v > max)
+        return -1;
+    if (out)
+        *out = v;
+    return 0;
+}
+
+struct sip_str sip_str_trim(struct sip_str v)
+{
+    if (!v.s)
+        return v;
+    const char *p = v.s, *e = v.s + v.len;
+    while (p < e && (CT(*p) & CT_WS))
+        p++;
+    while (e > p && (CT(e[-1]) & CT_WS))
+        e--;
+    return slice(p, e);
+}
