@@ -75,6 +75,18 @@ bench: deps-bench
 	@$(MAKE) --no-print-directory OPT="-O2 -DNDEBUG" all
 	@bench/run.sh
 
+# libFuzzer drivers (clang): FUZZ_SECONDS per target, seeded from the torture messages;
+# new inputs go to a scratch corpus under build/fuzz, never into t/.
+FUZZ_SECONDS ?= 60
+FUZZ_SRCS := $(filter-out src/main.c src/lvm.c src/lapi.c src/config.c src/udp.c src/sip_core.c src/sip_reply.c,$(wildcard src/*.c))
+fuzz:
+	@mkdir -p build/fuzz
+	@for t in sip_msg sip_grammar; do \
+	  clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isrc -o build/fuzz/fuzz_$$t t/fuzz/fuzz_$$t.c $(FUZZ_SRCS) || exit 1; \
+	  mkdir -p build/fuzz/corpus_$$t; \
+	  build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus_$$t t/data/torture || exit 1; \
+	done
+
 deps-run:
 	@scripts/deps.sh run
 deps-test:
