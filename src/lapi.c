@@ -182,7 +182,19 @@ int lunasip_msg_int(uint32_t h, uint32_t g, int field, int64_t *out)
         if (m->is_request) return LAPI_NONE;
         *out = m->status;
         return LAPI_OK;
-    case LAPI_I_CSEQ: *out = m->cseq; return LAPI_OK;
+    case LAPI_I_CSEQ:
+        /* the current header, so an edit is seen */
+        if (first_value(m, SIP_HDR_CSEQ, &v) != LAPI_OK)
+            return LAPI_NONE;
+        {
+            size_t n = 0;
+            while (n < v.len && v.s[n] >= '0' && v.s[n] <= '9')
+                n++;
+            if (sip_parse_uint(v.s, n, 0xffffffffULL, &u) != 0)
+                return LAPI_NONE;
+        }
+        *out = (int64_t)u;
+        return LAPI_OK;
     case LAPI_I_MAX_FORWARDS:
         /* the current header, so an edit (check_max_forwards) is seen */
         if (first_value(m, SIP_HDR_MAX_FORWARDS, &v) != LAPI_OK)
@@ -256,20 +268,110 @@ static int edit_status(int rc)
     return rc == -ENOMEM ? LAPI_ENOMEM : LAPI_EINVAL;
 }
 
+/* Values written into the headers the core relies on must stay parseable: a script that
+ * sets From to garbage gets an error, not a message no peer can read. */
+static int value_ok(const char *name, size_t nlen, const char *v, size_t vlen)
+{
+    struct sip_nameaddr na;
+    struct sip_via via;
+    struct sip_str item;
+    const char *p = v, *end = v + vlen;
+    uint64_t u;
+    switch (sip_hdr_lookup(name, nlen)) {
+    case SIP_HDR_FROM:
+    case SIP_HDR_TO:
+        return sip_nameaddr_parse(v, vlen, 0, &na) == 0;
+    case SIP_HDR_CONTACT:
+    case SIP_HDR_ROUTE:
+    case SIP_HDR_RECORD_ROUTE:
+    case SIP_HDR_PATH: {
+        int r, n = 0;
+        while ((r = sip_list_next(&p, end, &item)) == 1) {
+            if (sip_nameaddr_parse(item.s, item.len, 1, &na) != 0)
+                return 0;
+            n++;
+        }
+        return r == 0 && n > 0;
+    }
+    case SIP_HDR_VIA: {
+        int r, n = 0;
+        while ((r = sip_list_next(&p, end, &item)) == 1) {
+            if (sip_via_parse(item.s, item.len, &via) != 0)
+                return 0;
+            n++;
+        }
+        return r == 0 && n > 0;
+    }
+    case SIP_HDR_CSEQ: {
+        size_t d = 0;
+        while (d < vlen && v[d] >= '0' && v[d] <= '9')
+            d++;
+        size_t sp = d;
+        while (sp < vlen && (v[sp] == ' ' || v[sp] == '\t'))
+            sp++;
+        return d > 0 && sp > d && sip_parse_uint(v, d, 0xffffffffULL, &u) == 0 && sip_is_token(v + sp, vlen - sp);
+    }
+    case SIP_HDR_MAX_FORWARDS:
+        return sip_parse_uint(v, vlen, 255, &u) == 0;
+    case SIP_HDR_CALL_ID:
+    case SIP_HDR_CONTENT_LENGTH:
+        if (vlen == 0)
+            return 0;
+        for (size_t i = 0; i < vlen; i++)
+            if ((unsigned char)v[i] <= ' ' || v[i] == 0x7f)
+                return 0;
+        return sip_hdr_lookup(name, nlen) == SIP_HDR_CALL_ID || sip_parse_uint(v, vlen, 16u << 20, &u) == 0;
+    default:
+        return 1;
+    }
+}
+
+/* Removes the top value of a header: the first element of a list header line (the rest of
+ * that line stays, in place), or the whole first line otherwise. Returns 1 or 0. */
+static int delete_top_value(struct sip_msg *m, const char *name, size_t nlen)
+{
+    int i = sip_msg_hdr_find(m, name, nlen, 0);
+    if (i < 0)
+        return 0;
+    if (m->hdrs[i].flags & SIP_HDR_F_LIST) {
+        struct sip_str v = sip_msg_hdr_value(m, (uint32_t)i), item;
+        const char *p = v.s, *end = v.s + v.len;
+        if (sip_list_next(&p, end, &item) == 1 && p < end) {
+            /* more elements follow: keep them as this header's new value */
+            struct sip_str rest = sip_str_trim((struct sip_str){ p, (uint32_t)(end - p) });
+            if (rest.len && rest.s[0] == ',')
+                rest = sip_str_trim((struct sip_str){ rest.s + 1, rest.len - 1 });
+            if (rest.len) {
+                int rc = sip_msg_hdr_delete(m, name, nlen, 1);
+                if (rc < 0)
+                    return rc;
+                rc = sip_msg_hdr_insert(m, name, nlen, rest.s, rest.len);
+                return rc < 0 ? rc : 1;
+            }
+        }
+    }
+    return sip_msg_hdr_delete(m, name, nlen, 1);
+}
+
 int lunasip_msg_edit(uint32_t h, uint32_t g, int op, const char *name, size_t nlen, const char *v, size_t vlen)
 {
     GET_MSG(h, g);
+    int n;
     switch (op) {
-    case LAPI_E_DELETE: {
-        int n = sip_msg_hdr_delete(m, name, nlen, 0);
+    case LAPI_E_DELETE:
+        n = sip_msg_hdr_delete(m, name, nlen, 0);
         return n < 0 ? edit_status(n) : n;
-    }
-    case LAPI_E_DELETE_TOP: {
-        int n = sip_msg_hdr_delete(m, name, nlen, 1);
+    case LAPI_E_DELETE_TOP:
+        n = delete_top_value(m, name, nlen);
         return n < 0 ? edit_status(n) : n;
-    }
-    case LAPI_E_INSERT: return edit_status(sip_msg_hdr_insert(m, name, nlen, v, vlen));
-    case LAPI_E_APPEND: return edit_status(sip_msg_hdr_append(m, name, nlen, v, vlen));
+    case LAPI_E_INSERT:
+        if (!value_ok(name, nlen, v, vlen))
+            return LAPI_EINVAL;
+        return edit_status(sip_msg_hdr_insert(m, name, nlen, v, vlen));
+    case LAPI_E_APPEND:
+        if (!value_ok(name, nlen, v, vlen))
+            return LAPI_EINVAL;
+        return edit_status(sip_msg_hdr_append(m, name, nlen, v, vlen));
     default: return LAPI_EINVAL;
     }
 }
@@ -277,6 +379,9 @@ int lunasip_msg_edit(uint32_t h, uint32_t g, int op, const char *name, size_t nl
 int lunasip_msg_set_header(uint32_t h, uint32_t g, const char *name, size_t nlen, const struct sip_str *vals, size_t n)
 {
     GET_MSG(h, g);
+    for (size_t i = 0; i < n; i++)
+        if (!value_ok(name, nlen, vals[i].s, vals[i].len))
+            return LAPI_EINVAL;
     return edit_status(sip_msg_hdr_set(m, name, nlen, vals, n));
 }
 

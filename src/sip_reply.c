@@ -308,7 +308,7 @@ static void put_top_via(struct out *o, const struct sip_reply_src *s)
     const struct sip_via *v = &s->via1;
     char ip[64] = "";
     int port = 0;
-    sockaddr_ip_port(s->src, ip, sizeof(ip), &port);
+    int have_src = s->src && s->srclen && sockaddr_ip_port(s->src, ip, sizeof(ip), &port) == 0;
 
     put(o, v->proto_name.s, v->proto_name.len);
     PUTS(o, "/");
@@ -333,11 +333,14 @@ static void put_top_via(struct out *o, const struct sip_reply_src *s)
             put(o, val.s, val.len);
         }
     }
-    int want_rport = v->has_rport || s->force_rport;
-    if (want_rport || !host_is_ip(v->host, ip))
+    /* a message that did not come from the network (tests, tools) has no source to name */
+    int want_rport = have_src && (v->has_rport || s->force_rport);
+    if (have_src && (want_rport || !host_is_ip(v->host, ip)))
         put_fmt(o, ";received=%s", ip);
     if (want_rport)
         put_fmt(o, ";rport=%d", port);
+    else if (!have_src && v->has_rport)
+        PUTS(o, ";rport");
 }
 
 long sip_reply_build(const struct sip_reply_src *s, int code, const char *reason, size_t rlen,

@@ -51,8 +51,11 @@ done
 echo "== lua (busted, LuaJIT)"
 asan_rt=$(gcc -print-file-name=libasan.so)
 ubsan_rt=$(gcc -print-file-name=libubsan.so)
-LUNASIP_LIB="$PWD/$build/liblunasip.so" LD_PRELOAD="$asan_rt $ubsan_rt" ASAN_OPTIONS=detect_leaks=0 \
-  busted --lua=luajit -o TAP --lpath="$PWD/lua/?.lua;$PWD/lua/?/init.lua" t/lua > "$tmp/busted.out" 2>&1
+# The library path goes through LUA_PATH: busted --lua re-executes itself through sh, which
+# would split an --lpath argument at its ';'.
+LUA_PATH="$PWD/lua/?.lua;$PWD/lua/?/init.lua;;" LUNASIP_LIB="$PWD/$build/liblunasip.so" \
+  LD_PRELOAD="$asan_rt $ubsan_rt" ASAN_OPTIONS=detect_leaks=0 \
+  busted --lua=luajit -o TAP t/lua > "$tmp/busted.out" 2>&1
 rc=$?
 ok=$(grep -cE '^ok [0-9]+' "$tmp/busted.out")
 nok=$(grep -cE '^not ok [0-9]+' "$tmp/busted.out")

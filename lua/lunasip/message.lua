@@ -45,6 +45,8 @@ local function check_hvalue(v)
   return v
 end
 
+-- Raises at level 3 (the caller of the method): callers must not tail-call it, or the
+-- method's frame is gone and the error points one level too far.
 local function edit_result(rc)
   if rc >= 0 then return true end
   if rc == core.GONE then return nil, "gone" end
@@ -164,7 +166,8 @@ local mt = {
 function methods:header(name)
   check_name(name)
   piter[0] = 0
-  if C.lunasip_msg_header(self._h, self._g, name, #name, piter, pstr, plen) ~= 0 then return nil end
+  local rc = C.lunasip_msg_header(self._h, self._g, name, #name, piter, pstr, plen)
+  if rc ~= 0 then return nil, rc == core.GONE and "gone" or nil end
   return ffi_string(pstr[0], plen[0])
 end
 
@@ -172,8 +175,11 @@ function methods:header_all(name)
   check_name(name)
   local out = {}
   piter[0] = 0
-  while C.lunasip_msg_header(self._h, self._g, name, #name, piter, pstr, plen) == 0 do
+  local rc = C.lunasip_msg_header(self._h, self._g, name, #name, piter, pstr, plen)
+  if rc == core.GONE then return nil, "gone" end
+  while rc == 0 do
     out[#out + 1] = ffi_string(pstr[0], plen[0])
+    rc = C.lunasip_msg_header(self._h, self._g, name, #name, piter, pstr, plen)
   end
   return out
 end
@@ -181,13 +187,23 @@ end
 function methods:has_header(name)
   check_name(name)
   piter[0] = 0
-  return C.lunasip_msg_header(self._h, self._g, name, #name, piter, pstr, plen) == 0
+  local rc = C.lunasip_msg_header(self._h, self._g, name, #name, piter, pstr, plen)
+  if rc == core.GONE then return nil, "gone" end
+  return rc == 0
+end
+
+-- The predicates below read several fields: once the message is gone they must answer
+-- nil, "gone" rather than what absent fields would mean (no To tag = "initial").
+local function gone(self)
+  return C.lunasip_msg_int(self._h, self._g, I_IS_REQUEST, pint) == core.GONE
 end
 
 local function invalidate(self) rawset(self, "_c", {}) end
 
 function methods:set_header(name, v)
   check_name(name)
+  -- nil is a mistake (a misspelt variable), not "delete": that is delete_header or {}
+  if v == nil then error("header value must be a string or a list", 2) end
   local vals = type(v) == "table" and v or { v }
   local arr = ffi.new("struct sip_str[?]", #vals)
   local keep = {}
@@ -197,21 +213,24 @@ function methods:set_header(name, v)
     arr[i - 1].s, arr[i - 1].len = x, #x
   end
   invalidate(self)
-  return edit_result(C.lunasip_msg_set_header(self._h, self._g, name, #name, arr, #vals))
+  local ok, err = edit_result(C.lunasip_msg_set_header(self._h, self._g, name, #name, arr, #vals))
+  return ok, err
 end
 
 function methods:insert_header(name, v)
   check_name(name)
   v = check_hvalue(v)
   invalidate(self)
-  return edit_result(C.lunasip_msg_edit(self._h, self._g, E_INSERT, name, #name, v, #v))
+  local ok, err = edit_result(C.lunasip_msg_edit(self._h, self._g, E_INSERT, name, #name, v, #v))
+  return ok, err
 end
 
 function methods:append_header(name, v)
   check_name(name)
   v = check_hvalue(v)
   invalidate(self)
-  return edit_result(C.lunasip_msg_edit(self._h, self._g, E_APPEND, name, #name, v, #v))
+  local ok, err = edit_result(C.lunasip_msg_edit(self._h, self._g, E_APPEND, name, #name, v, #v))
+  return ok, err
 end
 
 --- Deletes every header of that name; returns how many were removed.
@@ -219,7 +238,10 @@ function methods:delete_header(name)
   check_name(name)
   invalidate(self)
   local rc = C.lunasip_msg_edit(self._h, self._g, E_DELETE, name, #name, nil, 0)
-  if rc < 0 then return edit_result(rc) end
+  if rc < 0 then
+    local ok, err = edit_result(rc)
+    return ok, err
+  end
   return rc
 end
 
@@ -228,7 +250,10 @@ function methods:delete_header_top(name)
   check_name(name)
   invalidate(self)
   local rc = C.lunasip_msg_edit(self._h, self._g, E_DELETE_TOP, name, #name, nil, 0)
-  if rc < 0 then return edit_result(rc) end
+  if rc < 0 then
+    local ok, err = edit_result(rc)
+    return ok, err
+  end
   return rc
 end
 
@@ -289,6 +314,7 @@ end
 --- RFC 3261 §16.3 step 3: 483 at Max-Forwards 0 (returns false), else clamps to n.
 function methods:check_max_forwards(n)
   if type(n) ~= "number" or n < 1 or n > 255 then error("check_max_forwards: n must be 1..255", 2) end
+  if gone(self) then return nil, "gone" end
   local mf = self.max_forwards
   if mf == 0 then
     self:reply(483)
@@ -299,18 +325,29 @@ function methods:check_max_forwards(n)
 end
 
 function methods:fix_nat()
-  return C.lunasip_msg_fix_nat(self._h, self._g) == 0
+  local rc = C.lunasip_msg_fix_nat(self._h, self._g)
+  if rc == core.GONE then return nil, "gone" end
+  return rc == 0
 end
 
 function methods:destination_myself()
-  return C.lunasip_msg_destination_myself(self._h, self._g) == 1
+  local rc = C.lunasip_msg_destination_myself(self._h, self._g)
+  if rc == core.GONE then return nil, "gone" end
+  return rc == 1
 end
 
-function methods:is_initial() return self.to_tag == nil end
-function methods:is_in_dialog() return self.to_tag ~= nil end
+function methods:is_initial()
+  if gone(self) then return nil, "gone" end
+  return self.to_tag == nil
+end
+function methods:is_in_dialog()
+  if gone(self) then return nil, "gone" end
+  return self.to_tag ~= nil
+end
 
 local dialog_forming = { INVITE = true, SUBSCRIBE = true, REFER = true }
 function methods:is_dialog_forming()
+  if gone(self) then return nil, "gone" end
   return dialog_forming[self.method] == true and self.to_tag == nil
 end
 
@@ -330,7 +367,8 @@ end
 --- removed (two when double Record-Route put two). Returns true when a Route pointing to
 --- lunasip was removed, as OverSIP's loose_route does.
 function methods:loose_route()
-  local routes = self:header_all("Route")
+  local routes, err = self:header_all("Route")
+  if not routes then return nil, err end
   local ruri = self.ruri
   if #routes > 0 and ruri and ruri:has_param("lr") and is_local_uri(ruri) then
     local last = uri_of_route(routes[#routes])
@@ -353,7 +391,9 @@ end
 --- RFC 5626 §5.1: the first hop of a UA that asks for Outbound: one Via, Supported:
 --- outbound, and a Contact with reg-id and +sip.instance (REGISTER) or ;ob (others).
 function methods:incoming_outbound_requested()
-  if int(self, I_VIA_COUNT) ~= 1 then return false end
+  local nvia, err = int(self, I_VIA_COUNT)
+  if err then return nil, err end
+  if nvia ~= 1 then return false end
   local supported = false
   for _, v in ipairs(self:header_all("Supported")) do
     if v:lower() == "outbound" then supported = true end

@@ -11,6 +11,7 @@ local uri_buf = ffi.new("struct sip_uri")
 local na_buf = ffi.new("struct sip_nameaddr")
 local pp = ffi.new("const char *[1]")
 local pname, pvalue = ffi.new("struct sip_str"), ffi.new("struct sip_str")
+local Uri, NameAddr
 
 local function slice(s)
   if s.s == nil then return nil end
@@ -40,13 +41,32 @@ local function check_value(what, v)
   end
 end
 
+-- Whether name[=value] reads back as exactly that one param where it goes (URI params
+-- and header params do not take the same characters), so a value can neither smuggle in
+-- another param (";") nor end the URI or the header value.
+local function param_ok(self, name, value)
+  local text = value == true and name or (name .. "=" .. value)
+  local back
+  if getmetatable(self) == Uri then back = Uri.parse("sip:x;" .. text)
+  else back = NameAddr.parse("<sip:x>;" .. text) end
+  local p = back and back.params
+  return p ~= nil and #p == 1 and p[1][1] == name and p[1][2] == value
+end
+
+-- How param names compare: case-insensitively, and with %HH escapes resolved, since an
+-- escaped character equals its plain form (RFC 3261 §19.1.4; RFC 4475 esc01's ;%6C%72 is lr).
+local function key(name)
+  if not name:find("%", 1, true) then return lower(name) end
+  return lower((name:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)))
+end
+
 -- Shared param methods for Uri and NameAddr.
 local param_methods = {}
 
 function param_methods:param(name)
-  local n = lower(name)
+  local n = key(name)
   for _, p in ipairs(self.params) do
-    if lower(p[1]) == n then return p[2] end
+    if key(p[1]) == n then return p[2] end
   end
   return nil
 end
@@ -61,18 +81,21 @@ function param_methods:set_param(name, value)
   end
   if value == nil then value = true end
   check_value("set_param", value)
-  local n = lower(name)
+  if not param_ok(self, name, value) then
+    error("set_param: invalid value for parameter " .. name, 2)
+  end
+  local n = key(name)
   for _, p in ipairs(self.params) do
-    if lower(p[1]) == n then p[2] = value; return self end
+    if key(p[1]) == n then p[2] = value; return self end
   end
   self.params[#self.params + 1] = { name, value }
   return self
 end
 
 function param_methods:del_param(name)
-  local n = lower(name)
+  local n = key(name)
   for i = #self.params, 1, -1 do
-    if lower(self.params[i][1]) == n then table.remove(self.params, i) end
+    if key(self.params[i][1]) == n then table.remove(self.params, i) end
   end
   return self
 end
@@ -86,7 +109,7 @@ local function params_tostring(list)
 end
 
 ---------------------------------------------------------------------------- Uri
-local Uri = {}
+Uri = {}
 Uri.__index = Uri
 for k, f in pairs(param_methods) do Uri[k] = f end
 
@@ -120,6 +143,18 @@ function Uri.parse(s)
   return uri_from_c(uri_buf)
 end
 
+local function same_fields(a, b)
+  if lower(tostring(a.scheme)) ~= b.scheme then return false end
+  for _, k in ipairs { "user", "password", "host", "port", "headers", "opaque" } do
+    if (a[k] == nil) ~= (b[k] == nil) or (a[k] ~= nil and tostring(a[k]) ~= tostring(b[k])) then return false end
+  end
+  if #a.params ~= #b.params then return false end
+  for i, p in ipairs(a.params) do
+    if p[1] ~= b.params[i][1] or p[2] ~= b.params[i][2] then return false end
+  end
+  return true
+end
+
 --- Builds a Uri from fields: { scheme="sip", user=, password=, host=, port=, params={{"lr",true}}, headers= }.
 function Uri.new(t)
   if type(t) ~= "table" then error("Uri.new: expected a table", 2) end
@@ -129,12 +164,16 @@ function Uri.new(t)
   self.opaque, self.headers = t.opaque, t.headers
   self.params = {}
   for _, p in ipairs(t.params or {}) do self.params[#self.params + 1] = { p[1], p[2] == nil and true or p[2] } end
+  if type(self.host) == "string" then self.host = self.host:match("^%[(.*)%]$") or self.host end
   if self.host and self.host:find(":", 1, true) then self.host_type = "ipv6"
   elseif self.host and self.host:match("^%d+%.%d+%.%d+%.%d+$") then self.host_type = "ipv4"
   elseif self.host then self.host_type = "domain" end
-  -- validate by round trip through the parser
-  local ok, err = Uri.parse(tostring(self))
-  if not ok then error("Uri.new: " .. err .. ": " .. tostring(self), 2) end
+  -- validate by round trip through the parser: it must accept the text and read back the
+  -- same fields (a ";" in a param value or in the host would otherwise make other params)
+  local back, err = Uri.parse(tostring(self))
+  if not back then error("Uri.new: " .. err .. ": " .. tostring(self), 2) end
+  if not same_fields(self, back) then error("Uri.new: fields do not read back as given: " .. tostring(self), 2) end
+  self.host_type = back.host_type
   return self
 end
 
@@ -156,7 +195,7 @@ function Uri:__tostring()
 end
 
 ------------------------------------------------------------------------ NameAddr
-local NameAddr = {}
+NameAddr = {}
 NameAddr.__index = function(self, k)
   if k == "tag" then return self:param("tag") end
   return NameAddr[k]
@@ -193,8 +232,17 @@ function NameAddr.new(uri, display_name, params)
   elseif getmetatable(uri) ~= Uri then
     error("NameAddr.new: expected a Uri or a string", 2)
   end
+  if display_name ~= nil and (type(display_name) ~= "string" or display_name:find("[%z\r\n]")) then
+    error("NameAddr.new: display name must be a string without CR, LF or NUL", 2)
+  end
   local self = setmetatable({ uri = uri, display_name = display_name, params = {} }, NameAddr)
-  for _, p in ipairs(params or {}) do self.params[#self.params + 1] = { p[1], p[2] == nil and true or p[2] } end
+  for _, p in ipairs(params or {}) do
+    local v = p[2] == nil and true or p[2]
+    if type(p[1]) ~= "string" or (v ~= true and type(v) ~= "string") or not param_ok(self, p[1], v) then
+      error("NameAddr.new: invalid parameter " .. tostring(p[1]), 2)
+    end
+    self.params[#self.params + 1] = { p[1], v }
+  end
   return self
 end
 
