@@ -37,9 +37,37 @@ static int traceback(lua_State *L)
     return 1;
 }
 
-/* Logs a multi-line Lua error one line at a time (log lines never embed newlines). */
-static void log_lua_error(const char *what, const char *err)
+/* LuaJIT shortens chunk names to LUA_IDSIZE ("...tail/of/server.lua:3: ..."); an operator
+ * needs the whole path. Copies in to out, replacing every "..." followed by a tail of path
+ * (up to the next ':') with path itself. */
+static void expand_path(const char *in, const char *path, char *out, size_t outlen)
 {
+    size_t plen = path ? strlen(path) : 0, o = 0;
+    const char *p = in;
+    while (*p && o + 1 < outlen) {
+        if (plen && p[0] == '.' && p[1] == '.' && p[2] == '.') {
+            const char *t = p + 3, *colon = strchr(t, ':');
+            size_t tl = colon ? (size_t)(colon - t) : 0;
+            if (tl > 0 && tl < plen && memcmp(path + plen - tl, t, tl) == 0) {
+                size_t n = plen < outlen - 1 - o ? plen : outlen - 1 - o;
+                memcpy(out + o, path, n);
+                o += n;
+                p = colon;
+                continue;
+            }
+        }
+        out[o++] = *p++;
+    }
+    out[o] = 0;
+}
+
+static const char *script_path; /* for expand_path in log_lua_error */
+
+/* Logs a multi-line Lua error one line at a time (log lines never embed newlines). */
+static void log_lua_error(const char *what, const char *raw)
+{
+    char err[8192];
+    expand_path(raw ? raw : "(no message)", script_path, err, sizeof(err));
     const char *p = err;
     int first = 1;
     while (*p) {
@@ -154,13 +182,9 @@ int lvm_create(const struct lvm_env *env, struct lvm **out, char *err, size_t er
     lua_pushvalue(L, 1);
     vm->ref_traceback = luaL_ref(L, LUA_REGISTRYINDEX);
 
-    if (luaL_loadfile(L, env->script) != 0) {
-        /* "path:line: message" already */
-        snprintf(err, errlen, "%s", lua_tostring(L, -1));
-        goto fail;
-    }
-    if (lua_pcall(L, 0, 0, 1) != 0) {
-        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+    if (luaL_loadfile(L, env->script) != 0 || lua_pcall(L, 0, 0, 1) != 0) {
+        /* "path:line: message", the path possibly shortened by LuaJIT */
+        expand_path(lua_tostring(L, -1), env->script, err, errlen);
         goto fail;
     }
     if (validate(L, env->script, err, errlen) != 0)
@@ -168,6 +192,7 @@ int lvm_create(const struct lvm_env *env, struct lvm **out, char *err, size_t er
     lua_settop(L, 0);
     vm->L = L;
     vm->refs = 1;
+    script_path = env->script; /* lives in the config, as long as the process */
     vm->gen = next_gen++;
     *out = vm;
     return 0;

@@ -5,6 +5,7 @@
 #include "sip_core.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "lapi.h"
@@ -42,9 +43,10 @@ static void refuse(struct listener *l, const char *buf, size_t len, const struct
     rs.listener = l;
     rs.src = src;
     rs.srclen = srclen;
-    LOG_INFO("answered %d (%s) to a malformed request from %s, Call-ID %.*s", err->status,
-             err->reason ? err->reason : "", from, (int)(rs.call_id.len > 80 ? 80 : rs.call_id.len), rs.call_id.s);
-    sip_reply_simple(&rs, err->status, err->reason, NULL, 0);
+    int rc = sip_reply_simple(&rs, err->status, err->reason, NULL, 0);
+    LOG_INFO("%s %d (%s) to a malformed request from %s, Call-ID %.*s", rc == 0 ? "answered" : "could not send",
+             err->status, err->reason ? err->reason : "", from,
+             (int)(rs.call_id.len > 80 ? 80 : rs.call_id.len), rs.call_id.s);
 }
 
 static void reply_core(struct sip_msg *m, int code, const char *reason, const char *extra, size_t elen)
@@ -58,30 +60,51 @@ static void reply_core(struct sip_msg *m, int code, const char *reason, const ch
 }
 
 /* RFC 3261 §16.3 step 5: lunasip supports no extension that a proxy must understand, so
- * any Proxy-Require gets 420 with the option tags listed in Unsupported. */
+ * any Proxy-Require gets 420 with its option tags listed in Unsupported; a value that is
+ * not a list of option tags gets 400. Never ignored. */
 static int check_proxy_require(struct sip_msg *m)
 {
-    char unsupported[1024];
-    size_t n = 0;
-    int found = 0;
-    n += (size_t)snprintf(unsupported, sizeof(unsupported), "Unsupported: ");
-    for (int i = sip_msg_hdr_find_id(m, SIP_HDR_PROXY_REQUIRE, 0); i >= 0;
+    size_t total = 0;
+    int i;
+    for (i = sip_msg_hdr_find_id(m, SIP_HDR_PROXY_REQUIRE, 0); i >= 0;
+         i = sip_msg_hdr_find_id(m, SIP_HDR_PROXY_REQUIRE, (uint32_t)i + 1))
+        total += sip_msg_hdr_value(m, (uint32_t)i).len + 2;
+    if (total == 0)
+        return 0;
+    char *uns = malloc(total + 32);
+    if (!uns) {
+        reply_core(m, 500, NULL, NULL, 0);
+        return 1;
+    }
+    size_t n = (size_t)sprintf(uns, "Unsupported: ");
+    int found = 0, bad = 0;
+    for (i = sip_msg_hdr_find_id(m, SIP_HDR_PROXY_REQUIRE, 0); i >= 0 && !bad;
          i = sip_msg_hdr_find_id(m, SIP_HDR_PROXY_REQUIRE, (uint32_t)i + 1)) {
         struct sip_str v = sip_msg_hdr_value(m, (uint32_t)i), item;
         const char *p = v.s, *end = v.s + v.len;
-        while (sip_list_next(&p, end, &item) == 1) {
-            if (!sip_is_token(item.s, item.len) || n + item.len + 4 >= sizeof(unsupported))
-                continue;
-            if (found++)
-                n += (size_t)snprintf(unsupported + n, sizeof(unsupported) - n, ", ");
-            memcpy(unsupported + n, item.s, item.len);
+        int r;
+        while ((r = sip_list_next(&p, end, &item)) == 1) {
+            if (!sip_is_token(item.s, item.len)) {
+                bad = 1;
+                break;
+            }
+            if (found++) {
+                memcpy(uns + n, ", ", 2);
+                n += 2;
+            }
+            memcpy(uns + n, item.s, item.len);
             n += item.len;
         }
+        if (r < 0 || v.len == 0)
+            bad = 1;
     }
-    if (!found)
-        return 0;
-    n += (size_t)snprintf(unsupported + n, sizeof(unsupported) - n, "\r\n");
-    reply_core(m, 420, NULL, unsupported, n);
+    if (bad || !found) {
+        reply_core(m, 400, "Bad Proxy-Require", NULL, 0);
+    } else {
+        memcpy(uns + n, "\r\n", 2);
+        reply_core(m, 420, NULL, uns, n + 2);
+    }
+    free(uns);
     return 1;
 }
 

@@ -27,6 +27,9 @@ enum {
     CT_TEL    = 1u << 17, /* tel number chars, loosely: HEXDIG * # - . ( ) + */
     CT_LSPEC  = 1u << 18, /* what sip_list_next must look at: , " < */
     CT_ASTOP  = 1u << 19, /* ends a bare addr-spec: ; , ? SP HTAB CR LF */
+    CT_LABEL  = 1u << 20, /* inside a hostname label: alphanum - */
+    CT_HALPHA = 1u << 21, /* a label char that makes a host a name, not an IPv4: ALPHA - */
+    CT_UXTRA  = 1u << 22, /* in userinfo but not in user: ':' (password) and '%' (escapes) */
 };
 
 #define IS_ALPHA(c) (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z'))
@@ -67,7 +70,10 @@ enum {
     (IS_HEX(c) || (c) == '*' || (c) == '#' || (c) == '-' || (c) == '.' || (c) == '(' || \
      (c) == ')' || (c) == '+' ? CT_TEL : 0u) | \
     ((c) == ',' || (c) == '"' || (c) == '<' ? CT_LSPEC : 0u) | \
-    ((c) == ';' || (c) == ',' || (c) == '?' || IS_WS(c) ? CT_ASTOP : 0u))
+    ((c) == ';' || (c) == ',' || (c) == '?' || IS_WS(c) ? CT_ASTOP : 0u) | \
+    (IS_ALNUM(c) || (c) == '-' ? CT_LABEL : 0u) | \
+    (IS_ALPHA(c) || (c) == '-' ? CT_HALPHA : 0u) | \
+    ((c) == ':' || (c) == '%' ? CT_UXTRA : 0u))
 
 #define R4(b) CLS(b), CLS((b) + 1), CLS((b) + 2), CLS((b) + 3)
 #define R16(b) R4(b), R4((b) + 4), R4((b) + 8), R4((b) + 12)
@@ -76,12 +82,14 @@ static const uint32_t ctab[256] = { R64(0), R64(64), R64(128), R64(192) };
 
 #define CT(c) (ctab[(unsigned char)(c)])
 
-static inline struct sip_str slice(const char *a, const char *b)
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE struct sip_str slice(const char *a, const char *b)
 {
     return (struct sip_str){ a, (uint32_t)(b - a) };
 }
 
-static inline const char *scan(const char *p, const char *end, uint32_t cls)
+INLINE const char *scan(const char *p, const char *end, uint32_t cls)
 {
     while (p < end && (CT(*p) & cls))
         p++;
@@ -90,7 +98,7 @@ static inline const char *scan(const char *p, const char *end, uint32_t cls)
 
 /* Skips LWS (RFC 3261 §25.1): SP/HTAB, and a line break (CRLF, or a lone LF) only when the
  * next line starts with SP/HTAB, i.e. header folding. A bare CR or LF is not LWS. */
-static const char *skip_lws(const char *p, const char *end)
+static const char *skip_lws_slow(const char *p, const char *end)
 {
     while (p < end) {
         char c = *p;
@@ -106,23 +114,30 @@ static const char *skip_lws(const char *p, const char *end)
     return p;
 }
 
+/* The usual cases answered inline: no LWS at all (any byte above SP starts no LWS), or one
+ * SP before such a byte. */
+INLINE const char *skip_lws(const char *p, const char *end)
+{
+    if (p >= end || (unsigned char)*p > ' ')
+        return p;
+    if (*p == ' ' && end - p >= 2 && (unsigned char)p[1] > ' ')
+        return p + 1;
+    return skip_lws_slow(p, end);
+}
+
 /* Scans a run of cls characters and "%" HEXDIG HEXDIG escapes. Returns where the run ends,
  * or NULL when a '%' is not followed by two hex digits (RFC 3261 escaped), inside [p, end). */
-static const char *scan_esc(const char *p, const char *end, uint32_t cls)
+INLINE const char *scan_esc(const char *p, const char *end, uint32_t cls)
 {
-    while (p < end) {
-        uint32_t t = CT(*p);
-        if (t & cls) {
+    for (;;) {
+        while (p < end && (CT(*p) & cls))
             p++;
-            continue;
-        }
-        if (*p != '%')
-            break;
+        if (p >= end || *p != '%')
+            return p;
         if (end - p < 3 || !(CT(p[1]) & CT(p[2]) & CT_HEX))
             return NULL;
         p += 3;
     }
-    return p;
 }
 
 /* Skips a quoted-string starting at the opening '"'. Accepts qdtext (UTF-8 included),
@@ -132,11 +147,13 @@ static const char *scan_esc(const char *p, const char *end, uint32_t cls)
 static const char *skip_quoted(const char *p, const char *end)
 {
     p++;
-    while (p < end) {
-        unsigned char c = (unsigned char)*p;
-        if (CT(c) & CT_QDTEXT) {
+    for (;;) {
+        while (p < end && (CT(*p) & CT_QDTEXT))
             p++;
-        } else if (c == '"') {
+        if (p >= end)
+            return NULL;
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') {
             return p + 1;
         } else if (c == '\\') {
             if (end - p < 2)
@@ -146,35 +163,34 @@ static const char *skip_quoted(const char *p, const char *end)
                 return NULL;
             p += 2;
         } else {
-            const char *q = skip_lws(p, end); /* folding inside the string */
+            const char *q = skip_lws_slow(p, end); /* folding inside the string */
             if (q == p)
                 return NULL;
             p = q;
         }
     }
-    return NULL;
 }
 
 /* IPv4address (RFC 3261 §25.1): exactly four 1*3DIGIT octets of value 0..255. */
 static int ipv4_ok(const char *p, const char *e)
 {
-    for (int part = 0; part < 4; part++) {
-        unsigned v = 0;
-        int n = 0;
-        if (part) {
-            if (p >= e || *p != '.')
-                return 0;
-            p++;
-        }
-        while (p < e && IS_DIGIT(*p) && n < 4) {
-            v = v * 10 + (unsigned)(*p - '0');
-            p++;
-            n++;
-        }
-        if (n == 0 || n > 3 || v > 255)
+    for (int part = 0;; part++) {
+        if (p >= e || !IS_DIGIT(*p))
             return 0;
+        unsigned v = (unsigned)(*p++ - '0');
+        if (p < e && IS_DIGIT(*p)) {
+            v = v * 10 + (unsigned)(*p++ - '0');
+            if (p < e && IS_DIGIT(*p))
+                v = v * 10 + (unsigned)(*p++ - '0');
+        }
+        if (v > 255)
+            return 0;
+        if (part == 3)
+            return p == e; /* a fourth digit or anything else after the last octet refuses */
+        if (p >= e || *p != '.')
+            return 0;
+        p++;
     }
-    return p == e;
 }
 
 /* IPv6address (RFC 3261 §25.1 / RFC 4291 §2.2): hex groups of 1..4 digits, one "::" at most,
@@ -233,7 +249,8 @@ static int ipv6_ok(const char *p, const char *e)
 /* host = hostname / IPv4address / IPv6reference (RFC 3261 §25.1). Hostnames are taken
  * tolerantly (any alphanum/'-' labels, optional trailing dot; RFC 1123 allows a leading
  * digit) but refuse empty labels; a host made only of digits and dots must be a valid IPv4
- * address. Returns the end of the host, or NULL. */
+ * address. One pass over the labels; the classes seen tell a name from an IPv4 address.
+ * Returns the end of the host, or NULL. */
 static const char *parse_host(const char *p, const char *end, struct sip_str *host,
                               enum sip_host_type *type)
 {
@@ -246,23 +263,25 @@ static const char *parse_host(const char *p, const char *end, struct sip_str *ho
         *type = SIP_HOST_IPV6;
         return q + 1;
     }
-    int numeric = 1;
-    char prev = '.';
-    while (p < end) {
-        uint32_t t = CT(*p);
-        if (!(t & CT_HOST))
-            break;
-        if (*p == '.') {
-            if (prev == '.')
-                return NULL; /* empty label */
-        } else if (!(t & CT_DIGIT)) {
-            numeric = 0;
+    uint32_t acc = 0, t;
+    for (;;) {
+        const char *l = p;
+        while (p < end && ((t = CT(*p)) & CT_LABEL)) {
+            acc |= t;
+            p++;
         }
-        prev = *p++;
+        if (p == l)
+            return NULL; /* empty label: nothing at all, a leading '.' */
+        if (p >= end || *p != '.')
+            break;
+        p++;
+        if (p >= end || !(CT(*p) & CT_LABEL)) {
+            if (p < end && *p == '.')
+                return NULL; /* ".." */
+            break;           /* a trailing dot ends the name */
+        }
     }
-    if (p == s)
-        return NULL;
-    if (numeric) {
+    if (!(acc & CT_HALPHA)) {
         if (!ipv4_ok(s, p))
             return NULL;
         *type = SIP_HOST_IPV4;
@@ -273,12 +292,19 @@ static const char *parse_host(const char *p, const char *end, struct sip_str *ho
     return p;
 }
 
-/* port = 1*DIGIT, 0..65535 (at most 10 digits, so no overflow). Returns the end or NULL. */
-static const char *parse_port(const char *p, const char *end, struct sip_str *ps, uint16_t *port)
+/* port = 1*DIGIT, 0..65535; at most 10 digits (leading zeros allowed, as sip_parse_uint).
+ * Returns the end or NULL. */
+INLINE const char *parse_port(const char *p, const char *end, struct sip_str *ps, uint16_t *port)
 {
-    const char *q = scan(p, end, CT_DIGIT);
-    uint64_t v;
-    if (sip_parse_uint(p, (size_t)(q - p), 65535, &v) != 0)
+    const char *q = p;
+    uint64_t v = 0;
+    while (q < end && IS_DIGIT(*q)) {
+        v = v * 10 + (uint64_t)(*q - '0');
+        q++;
+        if (q - p > 10)
+            return NULL;
+    }
+    if (q == p || v > 65535)
         return NULL;
     *ps = slice(p, q);
     *port = (uint16_t)v;
@@ -329,22 +355,34 @@ static const char *uri_headers(const char *p, const char *end)
 
 /* SIP-URI / SIPS-URI after "scheme:" (RFC 3261 §25.1). userinfo exists exactly when an '@'
  * comes before any character that cannot be in userinfo: user may itself hold ';' '?' '/'
- * (RFC 4475 §3.1.1.2, §3.1.1.9), so the first '@' decides, not the first ';'. */
+ * (RFC 4475 §3.1.1.2, §3.1.1.9), so the first '@' decides, not the first ';'. The scan for
+ * that '@' also tells whether the user part needs a second look (a ':' or a '%'). */
 static int parse_sip(const char *p, const char *end, struct sip_uri *out)
 {
-    const char *q = scan(p, end, CT_UINFO);
+    uint32_t acc = 0, t;
+    const char *q = p;
+    while (q < end && ((t = CT(*q)) & CT_UINFO)) {
+        acc |= t;
+        q++;
+    }
     if (q < end && *q == '@') {
-        const char *u = scan_esc(p, q, CT_USER);
-        if (!u || u == p)
-            return -1;
-        out->user = slice(p, u);
-        if (u < q) {
-            if (*u != ':')
+        if (!(acc & CT_UXTRA)) {
+            if (q == p)
                 return -1;
-            const char *pw = scan_esc(u + 1, q, CT_PASS);
-            if (pw != q)
+            out->user = slice(p, q); /* only user characters: nothing more to check */
+        } else {
+            const char *u = scan_esc(p, q, CT_USER);
+            if (!u || u == p)
                 return -1;
-            out->password = slice(u + 1, q);
+            out->user = slice(p, u);
+            if (u < q) {
+                if (*u != ':')
+                    return -1;
+                const char *pw = scan_esc(u + 1, q, CT_PASS);
+                if (pw != q)
+                    return -1;
+                out->password = slice(u + 1, q);
+            }
         }
         p = q + 1;
     }
@@ -401,12 +439,33 @@ static inline int lc(int c)
     return (c >= 'A' && c <= 'Z') ? c + 32 : c;
 }
 
-int sip_uri_parse(const char *s, size_t len, struct sip_uri *out)
+INLINE uint32_t load32(const char *p)
 {
-    memset(out, 0, sizeof(*out));
+    uint32_t x;
+    memcpy(&x, p, 4);
+    return x;
+}
+
+/* sip_uri_parse into an already zeroed *out. "sip:" and "sips:" are recognised with one
+ * load (the case bit is forced on the letters only, so ':' matches exactly). */
+static int uri_parse_z(const char *s, size_t len, struct sip_uri *out)
+{
     if (len == 0 || len > UINT32_MAX)
         return -1;
     const char *end = s + len;
+    if (len >= 5) {
+        uint32_t w = load32(s);
+        if ((w | SIP_LE32(0x20, 0x20, 0x20, 0)) == SIP_LE32('s', 'i', 'p', ':')) {
+            out->scheme_str = slice(s, s + 3);
+            out->scheme = SIP_URI_SIP;
+            return parse_sip(s + 4, end, out);
+        }
+        if ((w | SIP_LE32(0x20, 0x20, 0x20, 0x20)) == SIP_LE32('s', 'i', 'p', 's') && s[4] == ':') {
+            out->scheme_str = slice(s, s + 4);
+            out->scheme = SIP_URI_SIPS;
+            return parse_sip(s + 5, end, out);
+        }
+    }
     if (!(CT(*s) & CT_ALPHA))
         return -1;
     const char *p = scan(s + 1, end, CT_SCHEME);
@@ -431,13 +490,20 @@ int sip_uri_parse(const char *s, size_t len, struct sip_uri *out)
     return 0;
 }
 
+int sip_uri_parse(const char *s, size_t len, struct sip_uri *out)
+{
+    memset(out, 0, sizeof(*out));
+    return uri_parse_z(s, len, out);
+}
+
 /* One ";name[=value]" step shared by the public iterator (tolerant classes, a superset
  * of every params slice the parsers here return) and the header parsers (strict classes).
  * value: quoted-string, IPv6 reference (strict mode; the tolerant class takes [ ] as
  * plain chars), or 1*vcls. LWS is skipped around '=' and ';'. A trailing ';' and an
- * empty name or value are malformed. */
-static int param_next(const char **pp, const char *end, struct sip_str *name,
-                      struct sip_str *value, uint32_t ncls, uint32_t vcls)
+ * empty name or value are malformed. *vtok tells whether the value is a token (what the
+ * callers check for branch and tag), found during the scan instead of by a second one. */
+INLINE int param_step(const char **pp, const char *end, struct sip_str *name,
+                      struct sip_str *value, int *vtok, uint32_t ncls, uint32_t vcls)
 {
     const char *p = skip_lws(*pp, end);
     if (p >= end) {
@@ -450,6 +516,7 @@ static int param_next(const char **pp, const char *end, struct sip_str *name,
         return -1;
     *name = slice(n, p);
     *value = (struct sip_str){ NULL, 0 };
+    *vtok = 0;
     p = skip_lws(p, end);
     if (p < end && *p == '=') {
         p = skip_lws(p + 1, end);
@@ -464,7 +531,12 @@ static int param_next(const char **pp, const char *end, struct sip_str *name,
                 return -1;
             p = q + 1;
         } else {
-            p = scan(p, end, vcls);
+            uint32_t all = CT_TOKEN, t;
+            while (p < end && ((t = CT(*p)) & vcls)) {
+                all &= t;
+                p++;
+            }
+            *vtok = all != 0;
         }
         if (p == v)
             return -1;
@@ -484,7 +556,8 @@ static int param_next(const char **pp, const char *end, struct sip_str *name,
 
 int sip_param_next(const char **p, const char *end, struct sip_str *name, struct sip_str *value)
 {
-    return param_next(p, end, name, value, CT_PANY, CT_PANY);
+    int vtok;
+    return param_step(p, end, name, value, &vtok, CT_PANY, CT_PANY);
 }
 
 int sip_param_get(struct sip_str params, const char *name, struct sip_str *value)
@@ -493,8 +566,8 @@ int sip_param_get(struct sip_str params, const char *name, struct sip_str *value
         return 0;
     const char *p = params.s, *end = params.s + params.len;
     struct sip_str n, v;
-    int r;
-    while ((r = sip_param_next(&p, end, &n, &v)) == 1) {
+    int r, vtok;
+    while ((r = param_step(&p, end, &n, &v, &vtok, CT_PANY, CT_PANY)) == 1) {
         if (sip_str_casecmp(n, name) == 0) {
             if (value)
                 *value = v;
@@ -548,6 +621,16 @@ int sip_list_next(const char **pp, const char *end, struct sip_str *item)
     return 1;
 }
 
+INLINE struct sip_str trim(const char *s, size_t len)
+{
+    const char *p = s, *e = s + len;
+    while (p < e && (CT(*p) & CT_WS))
+        p++;
+    while (e > p && (CT(e[-1]) & CT_WS))
+        e--;
+    return slice(p, e);
+}
+
 /* Header params after a name-addr/addr-spec: [LWS] *(";" generic-param) to the end.
  * generic-param = token [ "=" (token / host / quoted-string) ] (RFC 3261 §25.1); tag must
  * be "tag=" token (§20.20). */
@@ -563,10 +646,10 @@ static int nameaddr_params(const char *p, const char *end, struct sip_nameaddr *
         return -1;
     out->params = slice(p, end);
     struct sip_str n, v;
-    int r;
-    while ((r = param_next(&p, end, &n, &v, CT_TOKEN, CT_HVAL)) == 1) {
-        if (!out->tag.s && n.len == 3 && sip_str_casecmp(n, "tag") == 0) {
-            if (!v.s || !sip_is_token(v.s, v.len))
+    int r, vtok;
+    while ((r = param_step(&p, end, &n, &v, &vtok, CT_TOKEN, CT_HVAL)) == 1) {
+        if (!out->tag.s && n.len == 3 && sip_ieq_lit(n.s, "tag", 3)) {
+            if (!v.s || !vtok)
                 return -1;
             out->tag = v;
         }
@@ -583,7 +666,7 @@ static int nameaddr_bare(const char *p, const char *end, struct sip_nameaddr *ou
         q++;
     if (q < end && (*q == ',' || *q == '?'))
         return -1;
-    if (sip_uri_parse(p, (size_t)(q - p), &out->uri) != 0)
+    if (uri_parse_z(p, (size_t)(q - p), &out->uri) != 0)
         return -1;
     out->uri_str = slice(p, q);
     return nameaddr_params(q, end, out);
@@ -598,7 +681,7 @@ int sip_nameaddr_parse(const char *s, size_t len, int allow_star, struct sip_nam
     memset(out, 0, sizeof(*out));
     if (len == 0 || len > UINT32_MAX)
         return -1;
-    struct sip_str t = sip_str_trim((struct sip_str){ s, (uint32_t)len });
+    struct sip_str t = trim(s, len);
     const char *p = t.s, *end = t.s + t.len;
     if (p >= end)
         return -1;
@@ -635,46 +718,77 @@ int sip_nameaddr_parse(const char *s, size_t len, int allow_star, struct sip_nam
     }
     const char *u = p + 1;
     const char *g = memchr(u, '>', (size_t)(end - u));
-    if (!g || sip_uri_parse(u, (size_t)(g - u), &out->uri) != 0)
+    if (!g || uri_parse_z(u, (size_t)(g - u), &out->uri) != 0)
         return -1;
     out->uri_str = slice(u, g);
     return nameaddr_params(g + 1, end, out);
 }
 
-/* Checks a Via received value: IPv4, IPv6 bare (RFC 3261) or in [] (RFC 5118 §4.5). */
+/* Checks a Via received value: IPv4, IPv6 bare (RFC 3261) or in [] (RFC 5118 §4.5). A valid
+ * IPv4 address holds neither '[' nor ':', so trying it first changes no answer. */
 static int received_ok(struct sip_str v)
 {
     const char *p = v.s, *e = v.s + v.len;
+    if (ipv4_ok(p, e))
+        return 1;
     if (v.len >= 2 && *p == '[')
         return e[-1] == ']' && ipv6_ok(p + 1, e - 1);
     if (memchr(p, ':', v.len))
         return ipv6_ok(p, e);
-    return ipv4_ok(p, e);
+    return 0;
+}
+
+/* 1..10 digits, at most max (sip_parse_uint without the call). */
+INLINE int uint_ok(struct sip_str v, uint64_t max)
+{
+    if (v.len == 0 || v.len > 10)
+        return 0;
+    uint64_t x = 0;
+    for (uint32_t i = 0; i < v.len; i++) {
+        unsigned d = (unsigned)((unsigned char)v.s[i] - '0');
+        if (d > 9)
+            return 0;
+        x = x * 10 + d;
+    }
+    return x <= max;
 }
 
 /* via-parm (RFC 3261 §20.42, §25.1) with LWS around '/', ':', ';' and '=' (RFC 4475
  * §3.1.1.1). Known params are checked: branch a token, received an IP address, rport empty
- * or a port, ttl 0..255, maddr a host. Stray ';' are refused (RFC 4475 §3.1.2.1 badinv01). */
+ * or a port, ttl 0..255, maddr a host. Stray ';' are refused (RFC 4475 §3.1.2.1 badinv01).
+ * The usual "SIP/2.0/" prefix is taken with one compare; anything else goes through the
+ * general token / LWS / '/' steps, which give the same slices for that prefix. */
 int sip_via_parse(const char *s, size_t len, struct sip_via *out)
 {
     memset(out, 0, sizeof(*out));
     if (len == 0 || len > UINT32_MAX)
         return -1;
-    struct sip_str t = sip_str_trim((struct sip_str){ s, (uint32_t)len });
+    struct sip_str t = trim(s, len);
     const char *p = t.s, *end = t.s + t.len, *q;
-    struct sip_str *proto[3] = { &out->proto_name, &out->proto_version, &out->transport };
-    for (int i = 0; i < 3; i++) {
-        if (i) {
-            p = skip_lws(p, end);
-            if (p >= end || *p != '/')
-                return -1;
-            p = skip_lws(p + 1, end);
-        }
+    if (end - p >= 8 && sip_ieq_lit(p, "sip/2.0/", 8)) {
+        out->proto_name = slice(p, p + 3);
+        out->proto_version = slice(p + 4, p + 7);
+        p = skip_lws(p + 8, end);
         q = scan(p, end, CT_TOKEN);
         if (q == p)
             return -1;
-        *proto[i] = slice(p, q);
+        out->transport = slice(p, q);
         p = q;
+    } else {
+        struct sip_str *proto[3] = { &out->proto_name, &out->proto_version, &out->transport };
+        for (int i = 0; i < 3; i++) {
+            if (i) {
+                p = skip_lws(p, end);
+                if (p >= end || *p != '/')
+                    return -1;
+                p = skip_lws(p + 1, end);
+            }
+            q = scan(p, end, CT_TOKEN);
+            if (q == p)
+                return -1;
+            *proto[i] = slice(p, q);
+            p = q;
+        }
     }
     q = skip_lws(p, end);
     if (q == p)
@@ -699,39 +813,52 @@ int sip_via_parse(const char *s, size_t len, struct sip_via *out)
         return -1;
     out->params = slice(p, end);
     struct sip_str n, v;
-    int r;
-    while ((r = param_next(&p, end, &n, &v, CT_TOKEN, CT_HVAL)) == 1) {
-        if (n.len == 6 && sip_str_casecmp(n, "branch") == 0) {
-            if (!v.s || !sip_is_token(v.s, v.len))
-                return -1;
-            if (!out->branch.s)
-                out->branch = v;
-        } else if (n.len == 8 && sip_str_casecmp(n, "received") == 0) {
-            if (!v.s || !received_ok(v))
-                return -1;
-            if (!out->has_received) {
-                out->received = v;
-                out->has_received = 1;
+    int r, vtok;
+    while ((r = param_step(&p, end, &n, &v, &vtok, CT_TOKEN, CT_HVAL)) == 1) {
+        switch (n.len) {
+        case 6:
+            if (sip_ieq_lit(n.s, "branch", 6)) {
+                if (!v.s || !vtok)
+                    return -1;
+                if (!out->branch.s)
+                    out->branch = v;
             }
-        } else if (n.len == 5 && sip_str_casecmp(n, "rport") == 0) {
-            uint64_t x;
-            if (v.s && sip_parse_uint(v.s, v.len, 65535, &x) != 0)
-                return -1;
-            if (!out->has_rport) {
-                out->rport = v;
-                out->has_rport = 1;
+            break;
+        case 8:
+            if (sip_ieq_lit(n.s, "received", 8)) {
+                if (!v.s || !received_ok(v))
+                    return -1;
+                if (!out->has_received) {
+                    out->received = v;
+                    out->has_received = 1;
+                }
             }
-        } else if (n.len == 5 && sip_str_casecmp(n, "maddr") == 0) {
-            struct sip_str h;
-            enum sip_host_type ht;
-            if (!v.s || parse_host(v.s, v.s + v.len, &h, &ht) != v.s + v.len)
-                return -1;
-            if (!out->maddr.s)
-                out->maddr = v;
-        } else if (n.len == 3 && sip_str_casecmp(n, "ttl") == 0) {
-            uint64_t x;
-            if (!v.s || sip_parse_uint(v.s, v.len, 255, &x) != 0)
-                return -1;
+            break;
+        case 5:
+            if (sip_ieq_lit(n.s, "rport", 5)) {
+                if (v.s && !uint_ok(v, 65535))
+                    return -1;
+                if (!out->has_rport) {
+                    out->rport = v;
+                    out->has_rport = 1;
+                }
+            } else if (sip_ieq_lit(n.s, "maddr", 5)) {
+                struct sip_str h;
+                enum sip_host_type ht;
+                if (!v.s || parse_host(v.s, v.s + v.len, &h, &ht) != v.s + v.len)
+                    return -1;
+                if (!out->maddr.s)
+                    out->maddr = v;
+            }
+            break;
+        case 3:
+            if (sip_ieq_lit(n.s, "ttl", 3)) {
+                if (!v.s || !uint_ok(v, 255))
+                    return -1;
+            }
+            break;
+        default:
+            break;
         }
     }
     return r;
@@ -776,10 +903,5 @@ struct sip_str sip_str_trim(struct sip_str v)
 {
     if (!v.s)
         return v;
-    const char *p = v.s, *e = v.s + v.len;
-    while (p < e && (CT(*p) & CT_WS))
-        p++;
-    while (e > p && (CT(e[-1]) & CT_WS))
-        e--;
-    return slice(p, e);
+    return trim(v.s, v.len);
 }

@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* A slice of bytes; never NUL-terminated, may contain NUL. len 0 + s NULL = absent. */
 struct sip_str {
@@ -115,5 +116,37 @@ int sip_str_casecmp(struct sip_str a, const char *b);  /* 0 when equal ignoring 
 int sip_parse_uint(const char *s, size_t len, uint64_t max, uint64_t *out);
 /* Trims SP/HTAB/CR/LF (folding) from both ends. */
 struct sip_str sip_str_trim(struct sip_str v);
+
+
+/* Private to the parsers (sip_grammar.c, sip_msg.c). */
+
+/* s[0..n) equals lit ignoring ASCII case, where lit holds only lower-case letters, digits and
+ * "-./:" (a header or param name, "sip/2.0"). Eight bytes per step: the case bit 0x20 is ORed
+ * into s exactly where lit has bit 0x40 set, i.e. at its letters, so "-" never matches CR.
+ * Reads exactly n bytes of s; with a constant n (every use) the loads are inlined. */
+static inline int sip_ieq_lit(const char *s, const char *lit, size_t n)
+{
+    const uint64_t m = 0x2020202020202020ull;
+    uint64_t a, b;
+    for (; n >= 8; s += 8, lit += 8, n -= 8) {
+        memcpy(&a, s, 8);
+        memcpy(&b, lit, 8);
+        if ((a | ((b >> 1) & m)) != b)
+            return 0;
+    }
+    if (n == 0)
+        return 1;
+    a = b = 0;
+    memcpy(&a, s, n);
+    memcpy(&b, lit, n);
+    return (a | ((b >> 1) & m)) == b;
+}
+
+/* Four bytes as a 32-bit load of them reads (for compares against memcpy'd words). */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define SIP_LE32(a, b, c, d) (((uint32_t)(a) << 24) | ((uint32_t)(b) << 16) | ((uint32_t)(c) << 8) | (uint32_t)(d))
+#else
+#define SIP_LE32(a, b, c, d) ((uint32_t)(a) | ((uint32_t)(b) << 8) | ((uint32_t)(c) << 16) | ((uint32_t)(d) << 24))
+#endif
 
 #endif

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <netinet/in.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 
@@ -223,8 +224,17 @@ int sip_reply_src_salvage(const char *buf, size_t len, struct sip_reply_src *s)
     const char *vp = s->vias[0].s;
     struct sip_str item;
     if (sip_list_next(&vp, s->vias[0].s + s->vias[0].len, &item) != 1 ||
-        sip_via_parse(item.s, item.len, &s->via1) != 0)
-        return -1;
+        sip_via_parse(item.s, item.len, &s->via1) != 0) {
+        /* A broken top Via (RFC 4475 badinv01: stray ';' and ','): its sent-protocol and
+         * sent-by may still say where the 400 goes; its params are not trusted. */
+        const char *b = s->vias[0].s, *e = b;
+        while (e < b + s->vias[0].len && *e != ';' && *e != ',')
+            e++;
+        struct sip_str head = sip_str_trim((struct sip_str){ b, (uint32_t)(e - b) });
+        if (!head.len || sip_via_parse(head.s, head.len, &s->via1) != 0)
+            return -1;
+        s->vias[0] = head;
+    }
     /* The tag inputs, as in sip_reply_src_from_msg, so an ACK that parses finds it. */
     struct sip_nameaddr na;
     struct sip_str from_tag = s->from;
@@ -487,12 +497,30 @@ int sip_reply_send(const struct sip_reply_src *s, const char *buf, size_t len)
     return rc;
 }
 
+size_t sip_reply_size(const struct sip_reply_src *s, size_t rlen, size_t elen, size_t blen)
+{
+    size_t n = 512 + rlen + elen + blen; /* status line, names, tag, received/rport, CL */
+    for (uint32_t i = 0; i < s->nvias; i++)
+        n += 16 + s->vias[i].len;
+    n += s->via1.host.len + s->via1.params.len + 128;
+    n += s->from.len + s->to.len + s->call_id.len + s->cseq.len + s->timestamp.len + 64;
+    return n;
+}
+
 int sip_reply_simple(const struct sip_reply_src *s, int code, const char *reason,
                      const char *extra, size_t elen)
 {
-    char buf[16384];
-    long n = sip_reply_build(s, code, reason, reason ? strlen(reason) : 0, extra, elen, NULL, 0, buf, sizeof(buf));
-    if (n < 0)
-        return -EMSGSIZE;
-    return sip_reply_send(s, buf, (size_t)n);
+    char stackbuf[8192];
+    size_t rlen = reason ? strlen(reason) : 0;
+    size_t cap = sip_reply_size(s, rlen, elen, 0);
+    char *buf = cap <= sizeof(stackbuf) ? stackbuf : malloc(cap);
+    if (!buf)
+        return -ENOMEM;
+    long n = sip_reply_build(s, code, reason, rlen, extra, elen, NULL, 0, buf, cap);
+    int rc = n < 0 ? -EMSGSIZE : sip_reply_send(s, buf, (size_t)n);
+    if (buf != stackbuf)
+        free(buf);
+    if (rc == -EMSGSIZE)
+        LOG_ERROR("a %d response could not be built (%zu bytes planned)", code, cap);
+    return rc;
 }

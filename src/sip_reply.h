@@ -11,7 +11,8 @@
 
 struct listener;
 
-#define SIP_REPLY_MAX_VIAS 64
+/* A response copies every Via: as many as a message may have header lines. */
+#define SIP_REPLY_MAX_VIAS SIP_MSG_MAX_HEADERS
 #define SIP_REPLY_TAG_LEN 16
 
 /* What a response copies from its request, as slices borrowed from the request. Built
@@ -55,7 +56,11 @@ long sip_reply_build(const struct sip_reply_src *s, int code, const char *reason
  * destinations. Returns 0 or a negative errno. */
 int sip_reply_send(const struct sip_reply_src *s, const char *buf, size_t len);
 
-/* Convenience: build and send; reason NULL = the standard phrase. Returns 0 or <0. */
+/* The buffer size sip_reply_build needs for these extra headers, reason and body. */
+size_t sip_reply_size(const struct sip_reply_src *s, size_t rlen, size_t elen, size_t blen);
+
+/* Convenience: build (in a buffer sized for it) and send; reason NULL = the standard
+ * phrase. Returns 0 or <0. */
 int sip_reply_simple(const struct sip_reply_src *s, int code, const char *reason,
                      const char *extra, size_t elen);
 
