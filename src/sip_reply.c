@@ -133,32 +133,44 @@ void sip_reply_tag(struct sip_str call_id, struct sip_str from_tag, uint32_t cse
 
 int sip_reply_src_from_msg(struct sip_msg *m, struct sip_reply_src *s)
 {
-    memset(s, 0, sizeof(*s));
-    for (int i = sip_msg_hdr_find_id(m, SIP_HDR_VIA, 0); i >= 0; i = sip_msg_hdr_find_id(m, SIP_HDR_VIA, (uint32_t)i + 1)) {
-        if (s->nvias == SIP_REPLY_MAX_VIAS)
-            return -1;
-        s->vias[s->nvias++] = sip_msg_hdr_value(m, (uint32_t)i);
+    /* one pass over the header array: this runs for every answer lunasip gives */
+    s->nvias = 0;
+    s->from = s->to = s->call_id = s->cseq = s->timestamp = (struct sip_str){ NULL, 0 };
+    for (uint32_t i = 0; i < m->nhdrs; i++) {
+        const struct sip_hdr *h = &m->hdrs[i];
+        if (h->flags & SIP_HDR_F_DELETED)
+            continue;
+        switch (h->id) {
+        case SIP_HDR_VIA:
+            if (s->nvias == SIP_REPLY_MAX_VIAS)
+                return -1;
+            s->vias[s->nvias++] = sip_msg_hdr_value(m, i);
+            break;
+        case SIP_HDR_FROM: if (!s->from.s) s->from = sip_msg_hdr_value(m, i); break;
+        case SIP_HDR_TO: if (!s->to.s) s->to = sip_msg_hdr_value(m, i); break;
+        case SIP_HDR_CALL_ID: if (!s->call_id.s) s->call_id = sip_msg_hdr_value(m, i); break;
+        case SIP_HDR_CSEQ: if (!s->cseq.s) s->cseq = sip_msg_hdr_value(m, i); break;
+        case SIP_HDR_OTHER:
+            if (!s->timestamp.s && h->name.len == 9 && sip_str_casecmp(h->name, "Timestamp") == 0)
+                s->timestamp = sip_msg_hdr_value(m, i);
+            break;
+        default:
+            break;
+        }
     }
     if (s->nvias == 0)
         return -1;
     s->via1 = m->via1;
-    int i;
-    if ((i = sip_msg_hdr_find_id(m, SIP_HDR_FROM, 0)) >= 0)
-        s->from = sip_msg_hdr_value(m, (uint32_t)i);
-    if ((i = sip_msg_hdr_find_id(m, SIP_HDR_TO, 0)) >= 0)
-        s->to = sip_msg_hdr_value(m, (uint32_t)i);
-    if ((i = sip_msg_hdr_find_id(m, SIP_HDR_CALL_ID, 0)) >= 0)
-        s->call_id = sip_msg_hdr_value(m, (uint32_t)i);
-    if ((i = sip_msg_hdr_find_id(m, SIP_HDR_CSEQ, 0)) >= 0)
-        s->cseq = sip_msg_hdr_value(m, (uint32_t)i);
-    if ((i = sip_msg_hdr_find(m, "Timestamp", 9, 0)) >= 0)
-        s->timestamp = sip_msg_hdr_value(m, (uint32_t)i);
     s->to_has_tag = m->to.tag.len > 0;
-    sip_reply_tag(m->call_id, m->from.tag, m->cseq, s->tag);
+    if (!s->to_has_tag)
+        sip_reply_tag(m->call_id, m->from.tag, m->cseq, s->tag);
+    else
+        s->tag[0] = 0;
     s->method = m->method;
     s->listener = m->listener;
     s->src = (const struct sockaddr *)&m->src;
     s->srclen = m->srclen;
+    s->force_rport = 0;
     return 0;
 }
 

@@ -72,6 +72,10 @@ function getters:status_code() return int(self, I_STATUS) end
 
 local function cached(self, key, make)
   local c = rawget(self, "_c")
+  if not c then
+    c = {}
+    rawset(self, "_c", c)
+  end
   local v = c[key]
   if v == nil then
     v = make(self) or false
@@ -144,7 +148,7 @@ local mt = {
       local rc = C.lunasip_msg_set_ruri(self._h, self._g, s, #s)
       if rc == core.EINVAL then error("msg.ruri: invalid URI '" .. s .. "'", 2) end
       if rc == core.NONE then error("msg.ruri: a response has no Request-URI", 2) end
-      rawget(self, "_c").ruri = nil
+      rawset(self, "_c", nil)
       return
     end
     if readonly[k] then error("msg." .. tostring(k) .. " is read-only", 2) end
@@ -198,7 +202,7 @@ local function gone(self)
   return C.lunasip_msg_int(self._h, self._g, I_IS_REQUEST, pint) == core.GONE
 end
 
-local function invalidate(self) rawset(self, "_c", {}) end
+local function invalidate(self) rawset(self, "_c", nil) end
 
 function methods:set_header(name, v)
   check_name(name)
@@ -409,7 +413,7 @@ end
 
 --- Wraps a handle (from the core) in a message object.
 function Message.wrap(h, g)
-  return setmetatable({ _h = h, _g = g, _c = {} }, mt)
+  return setmetatable({ _h = h, _g = g }, mt)
 end
 
 --- Parses raw bytes into a message that lives until msg:release() (tests and tools).
