@@ -7,6 +7,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* A slice of bytes; never NUL-terminated, may contain NUL. len 0 + s NULL = absent. */
 struct sip_str {
@@ -121,25 +124,49 @@ struct sip_str sip_str_trim(struct sip_str v);
 /* Private to the parsers (sip_grammar.c, sip_msg.c). */
 
 /* s[0..n) equals lit ignoring ASCII case, where lit holds only lower-case letters, digits and
- * "-./:" (a header or param name, "sip/2.0"). Eight bytes per step: the case bit 0x20 is ORed
+ * "-./:" (a header or param name, "sip/2.0"). A word at a time: the case bit 0x20 is ORed
  * into s exactly where lit has bit 0x40 set, i.e. at its letters, so "-" never matches CR.
- * Reads exactly n bytes of s; with a constant n (every use) the loads are inlined. */
+ * Tails are compared with overlapping loads, never beyond s + n. Meant for a constant lit
+ * and n (every use), where the lit words fold into immediates. */
+static inline int sip_ieq_word_(const char *s, const char *lit, size_t w)
+{
+    if (w == 4) {
+        uint32_t a, b;
+        memcpy(&a, s, 4);
+        memcpy(&b, lit, 4);
+        return (a | ((b >> 1) & 0x20202020u)) == b;
+    }
+    uint64_t a, b;
+    memcpy(&a, s, 8);
+    memcpy(&b, lit, 8);
+    return (a | ((b >> 1) & 0x2020202020202020ull)) == b;
+}
+
 static inline int sip_ieq_lit(const char *s, const char *lit, size_t n)
 {
-    const uint64_t m = 0x2020202020202020ull;
-    uint64_t a, b;
-    for (; n >= 8; s += 8, lit += 8, n -= 8) {
-        memcpy(&a, s, 8);
-        memcpy(&b, lit, 8);
-        if ((a | ((b >> 1) & m)) != b)
-            return 0;
+    if (n >= 8) {
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            if (!sip_ieq_word_(s + i, lit + i, 8))
+                return 0;
+        return i == n || sip_ieq_word_(s + n - 8, lit + n - 8, 8);
     }
+    if (n >= 4)
+        return sip_ieq_word_(s, lit, 4) && sip_ieq_word_(s + n - 4, lit + n - 4, 4);
+    uint32_t a = 0, b = 0; /* 1..3 bytes, gathered so a constant n leaves no loop */
     if (n == 0)
         return 1;
-    a = b = 0;
-    memcpy(&a, s, n);
-    memcpy(&b, lit, n);
-    return (a | ((b >> 1) & m)) == b;
+    a = (unsigned char)s[0];
+    b = (unsigned char)lit[0];
+    if (n >= 2) {
+        a |= (uint32_t)(unsigned char)s[1] << 8;
+        b |= (uint32_t)(unsigned char)lit[1] << 8;
+    }
+    if (n >= 3) {
+        a |= (uint32_t)(unsigned char)s[2] << 16;
+        b |= (uint32_t)(unsigned char)lit[2] << 16;
+    }
+    return (a | ((b >> 1) & 0x202020u)) == b;
 }
 
 /* Four bytes as a 32-bit load of them reads (for compares against memcpy'd words). */
@@ -148,5 +175,126 @@ static inline int sip_ieq_lit(const char *s, const char *lit, size_t n)
 #else
 #define SIP_LE32(a, b, c, d) ((uint32_t)(a) | ((uint32_t)(b) << 8) | ((uint32_t)(c) << 16) | ((uint32_t)(d) << 24))
 #endif
+
+/* Byte search for the parsers, sixteen bytes per step where SSE2 is baseline (x86-64), eight
+ * (SWAR) elsewhere. [lo, end) is readable and lo <= p: a tail shorter than sixteen bytes is
+ * read with one load ending at end (when end - lo allows), never beyond end. */
+#ifdef __SSE2__
+static inline unsigned sip_mask16_(const char *p, unsigned char c)
+{
+    __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+    return (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8((char)c)));
+}
+
+/* bytes <= 0x0d: CR, LF and the few CTLs below them */
+static inline unsigned sip_mask16_ctl_(const char *p)
+{
+    __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+    return (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x0d)), x));
+}
+#endif
+
+/* First c in [p, end), or end. */
+static inline const char *sip_find_byte_(const char *lo, const char *p, const char *end, unsigned char c)
+{
+#ifdef __SSE2__
+    for (; end - p >= 16; p += 16) {
+        unsigned mk = sip_mask16_(p, c);
+        if (mk)
+            return p + __builtin_ctz(mk);
+    }
+    if (p < end && end - lo >= 16) {
+        unsigned mk = sip_mask16_(end - 16, c) >> (16 - (end - p));
+        return mk ? p + __builtin_ctz(mk) : end;
+    }
+#else
+    const uint64_t ones = 0x0101010101010101ull, low7 = 0x7f7f7f7f7f7f7f7full;
+    for (; end - p >= 8; p += 8) {
+        uint64_t x;
+        memcpy(&x, p, 8);
+        x ^= ones * c;
+        uint64_t t = ~(((x & low7) + low7) | x | low7); /* exact: no false flags */
+        if (t) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+            return p + (__builtin_clzll(t) >> 3);
+#else
+            return p + (__builtin_ctzll(t) >> 3);
+#endif
+        }
+    }
+    (void)lo;
+#endif
+    while (p < end && (unsigned char)*p != c)
+        p++;
+    return p;
+}
+
+/* First CR or LF in [p, end), or end (other bytes below 0x0e are flagged by the vector test
+ * and passed over here). */
+static inline const char *sip_find_eol_(const char *lo, const char *p, const char *end)
+{
+#ifdef __SSE2__
+    for (; end - p >= 16; p += 16) {
+        for (unsigned mk = sip_mask16_ctl_(p); mk; mk &= mk - 1) {
+            const char *q = p + __builtin_ctz(mk);
+            if (*q == '\r' || *q == '\n')
+                return q;
+        }
+    }
+    if (p < end && end - lo >= 16) {
+        for (unsigned mk = sip_mask16_ctl_(end - 16) >> (16 - (end - p)); mk; mk &= mk - 1) {
+            const char *q = p + __builtin_ctz(mk);
+            if (*q == '\r' || *q == '\n')
+                return q;
+        }
+        return end;
+    }
+#else
+    /* SWAR: the zero-borrow test flags bytes below 0x0e, the lowest flag being exact */
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    while (end - p >= 8) {
+        uint64_t x;
+        memcpy(&x, p, 8);
+        uint64_t t = (x - ones * 0x0e) & ~x & highs;
+        if (t) {
+            const char *e8 = p + 8;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            p += __builtin_ctzll(t) >> 3;
+#endif
+            for (; p < e8; p++)
+                if (*p == '\r' || *p == '\n')
+                    return p;
+            continue;
+        }
+        p += 8;
+    }
+    (void)lo;
+#endif
+    while (p < end && *p != '\r' && *p != '\n')
+        p++;
+    return p;
+}
+
+/* Zeroes n bytes (a parser's output struct) with plain vector stores: for the couple of
+ * hundred bytes of a struct sip_uri / sip_via / sip_nameaddr the compiler would emit a
+ * `rep stos`, whose start-up costs more than the stores. */
+static inline void sip_zero_(void *p, size_t n)
+{
+#ifdef __SSE2__
+    char *c = (char *)p;
+    size_t i = 0;
+    __m128i z = _mm_setzero_si128();
+    __asm__("" : "+x"(z)); /* opaque zero: keeps the stores from being merged into a memset */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC unroll 16
+#endif
+    for (; i + 16 <= n; i += 16)
+        _mm_storeu_si128((__m128i *)(void *)(c + i), z);
+    if (i < n)
+        memset(c + i, 0, n - i);
+#else
+    memset(p, 0, n);
+#endif
+}
 
 #endif

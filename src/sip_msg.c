@@ -3,10 +3,16 @@
  * RFC 3261 §7 (format), §7.3.1 (folding), §7.3.3 (compact forms), §7.5 / §18.3 (framing),
  * §8.2.2 / §16.3 (request validation), §20; RFC 4475 and RFC 5118 torture messages. */
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "sip_msg.h"
+
+#define INLINE static inline __attribute__((always_inline))
 
 /* ---- character classes ----------------------------------------------------------------- */
 
@@ -15,15 +21,16 @@
 #define C_DIGIT 0x04u
 #define C_EOL   0x08u /* CR, LF: end a line (anything else, NUL included, is line content) */
 #define C_NOCID 0x10u /* refused in a Call-ID: CTLs, SP, DEL */
+#define C_SPEOL 0x20u /* SP, CR, LF: end a Request-URI */
 
 static const uint8_t ctab[256] = {
     [0 ... 8] = C_NOCID,
     ['\t'] = C_WSP | C_NOCID,
-    ['\n'] = C_EOL | C_NOCID,
+    ['\n'] = C_EOL | C_NOCID | C_SPEOL,
     [11 ... 12] = C_NOCID,
-    ['\r'] = C_EOL | C_NOCID,
+    ['\r'] = C_EOL | C_NOCID | C_SPEOL,
     [14 ... 31] = C_NOCID,
-    [' '] = C_WSP | C_NOCID,
+    [' '] = C_WSP | C_NOCID | C_SPEOL,
     ['!'] = C_TOKEN, ['%'] = C_TOKEN, ['\''] = C_TOKEN, ['*'] = C_TOKEN, ['+'] = C_TOKEN,
     ['-'] = C_TOKEN, ['.'] = C_TOKEN,
     ['0' ... '9'] = C_TOKEN | C_DIGIT,
@@ -39,27 +46,7 @@ static const uint8_t ctab[256] = {
 
 static inline unsigned char lc(unsigned char c) { return (c >= 'A' && c <= 'Z') ? (unsigned char)(c | 0x20) : c; }
 
-/* s[0..n) equals lit ignoring ASCII case, where lit holds only lower-case letters, digits and
- * "-./" (a header name, "sip/2.0"). Eight bytes per step: the case bit 0x20 is ORed into s
- * exactly where lit has bit 0x40 set, i.e. at its letters, so "-" never matches CR. With a
- * constant n (every use) the loads are inlined. */
-static inline int ieq(const char *s, const char *lit, size_t n)
-{
-    const uint64_t m = 0x2020202020202020ull;
-    uint64_t a, b;
-    for (; n >= 8; s += 8, lit += 8, n -= 8) {
-        memcpy(&a, s, 8);
-        memcpy(&b, lit, 8);
-        if ((a | ((b >> 1) & m)) != b)
-            return 0;
-    }
-    if (n == 0)
-        return 1;
-    a = b = 0;
-    memcpy(&a, s, n);
-    memcpy(&b, lit, n);
-    return (a | ((b >> 1) & m)) == b;
-}
+#define ieq sip_ieq_lit /* sip_grammar.h */
 
 static int ieq2(const char *a, const char *b, size_t n)
 {
@@ -81,59 +68,9 @@ static int is_token(const char *s, size_t n)
 
 #define STR(p, n) ((struct sip_str){ (p), (uint32_t)(n) })
 
-/* First CR or LF in [p, end), or end. Eight bytes at a time (SWAR): the zero-borrow test
- * flags bytes below 0x0e, the lowest flag being exact; CR and LF are the usual hit, a TAB
- * or other CTL just sends that word through the byte loop. Header values are most of a
- * head, and a byte-at-a-time loop spent most of the parse here. Never reads past end. */
-static inline const char *find_eol(const char *p, const char *end)
-{
-    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-    while (end - p >= 8) {
-        uint64_t x;
-        memcpy(&x, p, 8);
-        uint64_t t = (x - ones * 0x0e) & ~x & highs;
-        if (t) {
-            const char *e8 = p + 8;
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-            p += __builtin_ctzll(t) >> 3; /* the lowest flag is exact; higher ones may be borrows */
-#endif
-            for (; p < e8; p++)
-                if (CLS(*p) & C_EOL)
-                    return p;
-            continue;
-        }
-        p += 8;
-    }
-    while (p < end && !(CLS(*p) & C_EOL))
-        p++;
-    return p;
-}
-
-/* First c in [p, end), or end; eight bytes at a time with the exact zero-byte test (no
- * false flags, so either end of the word may be taken as the first address). */
-static inline const char *find_byte(const char *p, const char *end, unsigned char c)
-{
-    const uint64_t ones = 0x0101010101010101ull, low7 = 0x7f7f7f7f7f7f7f7full;
-    while (end - p >= 8) {
-        uint64_t x;
-        memcpy(&x, p, 8);
-        x ^= ones * c;
-        uint64_t t = ~(((x & low7) + low7) | x | low7);
-        if (t) {
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-            return p + (__builtin_clzll(t) >> 3);
-#else
-            return p + (__builtin_ctzll(t) >> 3);
-#endif
-        }
-        p += 8;
-    }
-    while (p < end && (unsigned char)*p != c)
-        p++;
-    return p;
-}
-
-/* ---- arena: a chunk list owned by the message, freed by sip_msg_unref ------------------ */
+/* ---- arena: a chunk list owned by the message, freed by sip_msg_unref ------------------
+ * The first chunk may live inside the message block (the room left between the header array
+ * and the received bytes); it goes with the block, never through free(). */
 
 struct sip_msg_arena {
     struct sip_msg_arena *next;
@@ -145,6 +82,81 @@ struct sip_msg_arena {
 #define SIP_MSG_MAX_LEN (16u << 20)      /* refuse inputs above 16 MiB: slices are 32-bit */
 #define MAX_EDIT_HDRS (2 * SIP_MSG_MAX_HEADERS)
 #define INLINE_HDRS 24u
+
+/* ---- message blocks --------------------------------------------------------------------
+ * One malloc per message: [size | struct sip_msg | INLINE_HDRS entries | spare | bytes]. The
+ * received bytes sit at the very end of the block so that an over-read runs off the
+ * allocation (AddressSanitizer sees it); the spare room in between becomes the first arena
+ * chunk. Blocks of the two standard sizes are kept on a small free list when released: a
+ * server parses and drops messages at a steady rate, and the allocator's large-chunk path
+ * was a tenth of a parse. The list is bounded (MSG_CACHE_MAX per size) and, like the rest
+ * of lunasip, single-threaded; sip_msg_cache_flush() empties it. Under AddressSanitizer
+ * nothing is cached, so a use after sip_msg_unref still faults. */
+struct msg_block {
+    size_t size; /* bytes of the whole allocation */
+    struct sip_msg m;
+};
+
+#define MSG_BLOCK_SMALL 4096u
+#define MSG_BLOCK_LARGE 8192u
+#define MSG_CACHE_MAX 8u
+#define ARENA_INLINE_MIN 256u /* less spare room than this is not worth an arena chunk */
+
+#if defined(__SANITIZE_ADDRESS__)
+#define MSG_CACHE 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MSG_CACHE 0
+#endif
+#endif
+#ifndef MSG_CACHE
+#define MSG_CACHE 1
+#endif
+
+static struct msg_block *msg_cache[2][MSG_CACHE_MAX];
+static unsigned msg_ncached[2];
+
+static struct msg_block *block_of(struct sip_msg *m)
+{
+    return (struct msg_block *)(void *)((char *)m - offsetof(struct msg_block, m));
+}
+
+static struct msg_block *block_get(size_t need)
+{
+    size_t size = need;
+    int cls = -1;
+    if (need <= MSG_BLOCK_SMALL) {
+        size = MSG_BLOCK_SMALL;
+        cls = 0;
+    } else if (need <= MSG_BLOCK_LARGE) {
+        size = MSG_BLOCK_LARGE;
+        cls = 1;
+    }
+    if (MSG_CACHE && cls >= 0 && msg_ncached[cls])
+        return msg_cache[cls][--msg_ncached[cls]];
+    struct msg_block *b = malloc(size);
+    if (b)
+        b->size = size;
+    return b;
+}
+
+static void block_put(struct msg_block *b)
+{
+    int cls = b->size == MSG_BLOCK_SMALL ? 0 : b->size == MSG_BLOCK_LARGE ? 1 : -1;
+    if (MSG_CACHE && cls >= 0 && msg_ncached[cls] < MSG_CACHE_MAX) {
+        msg_cache[cls][msg_ncached[cls]++] = b;
+        return;
+    }
+    free(b);
+}
+
+void sip_msg_cache_flush(void)
+{
+    for (int c = 0; c < 2; c++) {
+        while (msg_ncached[c])
+            free(msg_cache[c][--msg_ncached[c]]);
+    }
+}
 
 static char *arena_alloc(struct sip_msg *m, size_t n)
 {
@@ -262,21 +274,24 @@ const char *sip_hdr_name(enum sip_hdr_id id)
     return (unsigned)id < SIP_HDR__COUNT ? hdr_names[id] : NULL;
 }
 
-/* Headers whose value is a comma-separated list (RFC 3261 §7.3.1 and the extensions). */
+/* Headers whose value is a comma-separated list (RFC 3261 §7.3.1 and the extensions): the
+ * entry's SIP_HDR_F_LIST flag, or 0. */
+#define L SIP_HDR_F_LIST
 static const uint8_t hdr_is_list[SIP_HDR__COUNT] = {
-    [SIP_HDR_VIA] = 1, [SIP_HDR_CONTACT] = 1, [SIP_HDR_ROUTE] = 1, [SIP_HDR_RECORD_ROUTE] = 1,
-    [SIP_HDR_PATH] = 1, [SIP_HDR_ALLOW] = 1, [SIP_HDR_SUPPORTED] = 1, [SIP_HDR_REQUIRE] = 1,
-    [SIP_HDR_PROXY_REQUIRE] = 1, [SIP_HDR_UNSUPPORTED] = 1, [SIP_HDR_ACCEPT] = 1,
-    [SIP_HDR_ACCEPT_ENCODING] = 1, [SIP_HDR_ACCEPT_LANGUAGE] = 1, [SIP_HDR_ALLOW_EVENTS] = 1,
-    [SIP_HDR_CONTENT_ENCODING] = 1, [SIP_HDR_CONTENT_LANGUAGE] = 1, [SIP_HDR_IN_REPLY_TO] = 1,
-    [SIP_HDR_CALL_INFO] = 1, [SIP_HDR_ALERT_INFO] = 1, [SIP_HDR_ERROR_INFO] = 1,
-    [SIP_HDR_WARNING] = 1, [SIP_HDR_REASON] = 1, [SIP_HDR_SERVICE_ROUTE] = 1,
+    [SIP_HDR_VIA] = L, [SIP_HDR_CONTACT] = L, [SIP_HDR_ROUTE] = L, [SIP_HDR_RECORD_ROUTE] = L,
+    [SIP_HDR_PATH] = L, [SIP_HDR_ALLOW] = L, [SIP_HDR_SUPPORTED] = L, [SIP_HDR_REQUIRE] = L,
+    [SIP_HDR_PROXY_REQUIRE] = L, [SIP_HDR_UNSUPPORTED] = L, [SIP_HDR_ACCEPT] = L,
+    [SIP_HDR_ACCEPT_ENCODING] = L, [SIP_HDR_ACCEPT_LANGUAGE] = L, [SIP_HDR_ALLOW_EVENTS] = L,
+    [SIP_HDR_CONTENT_ENCODING] = L, [SIP_HDR_CONTENT_LANGUAGE] = L, [SIP_HDR_IN_REPLY_TO] = L,
+    [SIP_HDR_CALL_INFO] = L, [SIP_HDR_ALERT_INFO] = L, [SIP_HDR_ERROR_INFO] = L,
+    [SIP_HDR_WARNING] = L, [SIP_HDR_REASON] = L, [SIP_HDR_SERVICE_ROUTE] = L,
 };
+#undef L
 
 /* Full names and the one-letter compact forms of RFC 3261 §7.3.3 and later RFCs (a compact
  * form only when the name is exactly one letter). A switch on the length, then on the first
  * letter, then one case-insensitive compare: no hashing, no strlen. */
-enum sip_hdr_id sip_hdr_lookup(const char *s, size_t len)
+INLINE enum sip_hdr_id hdr_lookup(const char *s, size_t len)
 {
 #define H(lit, id) if (len == sizeof(lit) - 1 && ieq(s, lit, sizeof(lit) - 1)) return id
     if (len == 0)
@@ -383,6 +398,11 @@ enum sip_hdr_id sip_hdr_lookup(const char *s, size_t len)
     return SIP_HDR_OTHER;
 }
 
+enum sip_hdr_id sip_hdr_lookup(const char *s, size_t len)
+{
+    return hdr_lookup(s, len);
+}
+
 /* ---- the header array ------------------------------------------------------------------ */
 
 static struct sip_hdr *inline_hdrs(const struct sip_msg *m) { return (struct sip_hdr *)(void *)(m + 1); }
@@ -438,6 +458,27 @@ static int is_sip_version(const char *v, size_t n)
     return d && i == n;
 }
 
+/* The first SP, CR or LF in [p, end), or end; [lo, end) is readable. */
+INLINE const char *uri_end(const char *lo, const char *p, const char *end)
+{
+#ifdef __SSE2__
+    const __m128i lim = _mm_set1_epi8(0x20);
+    for (; end - p >= 16; p += 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+        unsigned mk = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(x, lim), x));
+        for (; mk; mk &= mk - 1) { /* bytes <= SP: the stops and other CTLs */
+            const char *q = p + __builtin_ctz(mk);
+            if (CLS(*q) & C_SPEOL)
+                return q;
+        }
+    }
+#endif
+    (void)lo;
+    while (p < end && !(CLS(*p) & C_SPEOL))
+        p++;
+    return p;
+}
+
 /* Request-Line = Method SP Request-URI SP SIP-Version CRLF (RFC 3261 §7.1, §25.1), strictly:
  * one SP between elements, none trailing, no <> or LWS in the URI, no ?headers in it
  * (§19.1.1: headers are not allowed in a Request-URI). RFC 4475 lwsstart, trws, ltgtruri,
@@ -454,8 +495,7 @@ static int parse_request_line(struct sip_msg *m, const char *p, const char *end,
     m->method_str = STR(s, p - s);
     m->method = sip_method_lookup(s, (size_t)(p - s));
     s = ++p;
-    while (p < end && *p != ' ' && !(CLS(*p) & C_EOL))
-        p++;
+    p = uri_end(m->buf, p, end);
     if (p == s || p >= end || *p != ' ')
         ERR(400, "Bad Request-Line");
     const char *u = s;
@@ -515,10 +555,12 @@ static int parse_status_line(struct sip_msg *m, const char *p, const char *end, 
     return 0;
 }
 
-/* Per-id bookkeeping of the header pass. */
+/* Per-id bookkeeping of the header pass, for the ids validate() looks at (VIA..CONTACT);
+ * every other id is counted in slot 0. */
+#define HC_SLOTS (SIP_HDR_CONTACT + 1)
 struct hcount {
-    uint32_t n[SIP_HDR__COUNT];
-    uint32_t first[SIP_HDR__COUNT];
+    uint32_t n[HC_SLOTS];
+    uint32_t first[HC_SLOTS];
 };
 
 /* Header lines (RFC 3261 §7.3): name = token, LWS allowed before ':', value trimmed,
@@ -529,6 +571,12 @@ struct hcount {
 static int parse_headers(struct sip_msg *m, const char *p, const char *end, struct hcount *hc,
                          const char **next, struct sip_parse_error *err)
 {
+    /* the entry array, its count and the per-id counts in locals: stores through hdrs
+     * cannot then be taken for writes to m or *hc, which kept them in memory */
+    const char *lo = m->buf;
+    struct sip_hdr *hdrs = m->hdrs;
+    uint32_t n = m->nhdrs, cap = m->hdrs_cap;
+    uint32_t cnt[HC_SLOTS] = { 0 }, first[HC_SLOTS] = { 0 };
     for (;;) {
         if (end - p < 2)
             ERR(400, "Incomplete header section");
@@ -536,41 +584,78 @@ static int parse_headers(struct sip_msg *m, const char *p, const char *end, stru
             if (p[1] != '\n')
                 ERR(400, "Bad header line");
             *next = p + 2;
+            m->nhdrs = n;
+            memcpy(hc->n, cnt, sizeof(cnt));
+            memcpy(hc->first, first, sizeof(first));
             return 0;
         }
         /* name: up to ':' less trailing LWS. A known name is a token by construction, so
          * only unknown ones are checked char by char (a line without ':' ends up here too,
          * with a CR in its "name"). */
         const char *line = p;
-        p = find_byte(p, end, ':');
-        if (p >= end)
-            ERR(400, "Bad header line");
+        unsigned ctl = 0; /* with have16: bytes <= 0x0d among the sixteen at line */
+        int have16 = 0;
+#ifdef __SSE2__
+        /* one load gives the ':' of a usual name and the first line break candidates */
+        if (end - p >= 16) {
+            unsigned cm = sip_mask16_(p, ':');
+            ctl = sip_mask16_ctl_(p);
+            if (cm && (ctl == 0 || (cm & -cm) < (ctl & -ctl))) {
+                p += __builtin_ctz(cm);
+                have16 = 1;
+            }
+        }
+#endif
+        if (!have16) {
+            p = sip_find_byte_(lo, p, end, ':');
+            if (p >= end)
+                ERR(400, "Bad header line");
+        }
         const char *nend = p;
         while (nend > line && IS_WSP(nend[-1]))
             nend--;
-        enum sip_hdr_id id = sip_hdr_lookup(line, (size_t)(nend - line));
+        enum sip_hdr_id id = hdr_lookup(line, (size_t)(nend - line));
         if (id == SIP_HDR_OTHER && !is_token(line, (size_t)(nend - line)))
             ERR(400, "Bad header line");
         p++;
-        for (;;) { /* leading LWS, folds included */
-            if (p < end && IS_WSP(*p))
+        /* leading LWS, folds included; the usual none or one SP without the loop */
+        if (end - p >= 2 && (unsigned char)*p <= ' ') {
+            if (p[0] == ' ' && (unsigned char)p[1] > ' ') {
                 p++;
-            else if (end - p >= 3 && p[0] == '\r' && p[1] == '\n' && IS_WSP(p[2]))
-                p += 3;
-            else
-                break;
+            } else {
+                while (p < end && (CLS(*p) & (C_WSP | C_EOL))) {
+                    if (IS_WSP(*p))
+                        p++;
+                    else if (end - p >= 3 && p[0] == '\r' && p[1] == '\n' && IS_WSP(p[2]))
+                        p += 3;
+                    else
+                        break;
+                }
+            }
         }
-        const char *vs = p;
-        int folded = 0;
+        const char *vs = p, *from = p;
+        unsigned folded = 0;
+        p = NULL;
+        if (have16 && vs - line < 16) {
+            for (unsigned mk = ctl & (0xffffu << (vs - line)); mk; mk &= mk - 1) {
+                const char *q = line + __builtin_ctz(mk);
+                if (*q == '\r' || *q == '\n') {
+                    p = q;
+                    break;
+                }
+            }
+            from = line + 16; /* [vs, line + 16) holds no line break */
+        }
+        if (!p)
+            p = sip_find_eol_(lo, from, end);
         for (;;) {
-            p = find_eol(p, end);
             if (end - p < 2)
                 ERR(400, "Incomplete header section");
             if (p[0] != '\r' || p[1] != '\n')
                 ERR(400, "Bad header line");
             if (end - p >= 3 && IS_WSP(p[2])) {
-                folded = 1;
-                p += 3;
+                folded = SIP_HDR_F_FOLDED;
+                p = sip_find_eol_(lo, p + 3, end);
                 continue;
             }
             break;
@@ -581,22 +666,26 @@ static int parse_headers(struct sip_msg *m, const char *p, const char *end, stru
         p += 2;
         if (folded && !memchr(vs, '\r', (size_t)(ve - vs)))
             folded = 0; /* the only fold was trailing whitespace */
-        if (m->nhdrs == m->hdrs_cap) {
+        if (n == cap) {
+            m->nhdrs = n;
             int r = hdrs_reserve(m, SIP_MSG_MAX_HEADERS);
             if (r == -E2BIG)
                 ERR(400, "Too many headers");
             if (r != 0)
                 ERR(0, "Out of memory");
+            hdrs = m->hdrs;
+            cap = m->hdrs_cap;
         }
-        struct sip_hdr *h = &m->hdrs[m->nhdrs];
+        struct sip_hdr *h = &hdrs[n];
         h->name = STR(line, nend - line);
         h->value = STR(vs, ve - vs);
         h->line = STR(line, p - line);
         h->id = (uint16_t)id;
-        h->flags = (uint16_t)((folded ? SIP_HDR_F_FOLDED : 0) | (hdr_is_list[id] ? SIP_HDR_F_LIST : 0));
-        if (hc->n[id]++ == 0)
-            hc->first[id] = m->nhdrs;
-        m->nhdrs++;
+        h->flags = (uint16_t)(folded | hdr_is_list[id]);
+        unsigned k = id < HC_SLOTS ? id : SIP_HDR_OTHER;
+        if (cnt[k]++ == 0)
+            first[k] = n;
+        n++;
     }
 }
 
@@ -624,15 +713,16 @@ static int head_has_via(const char *p, const char *end)
 }
 
 /* 1*DIGIT with nothing else, at most max (leading zeros fine: RFC 4475 wsinv). */
-static int parse_digits(struct sip_str v, uint64_t max, uint64_t *out)
+INLINE int parse_digits(struct sip_str v, uint64_t max, uint64_t *out)
 {
     uint64_t x = 0;
     if (v.len == 0)
         return -1;
     for (uint32_t i = 0; i < v.len; i++) {
-        if (!(CLS(v.s[i]) & C_DIGIT))
+        unsigned d = (unsigned)((unsigned char)v.s[i] - '0');
+        if (d > 9)
             return -1;
-        x = x * 10 + (uint64_t)(v.s[i] - '0');
+        x = x * 10 + d;
         if (x > max)
             return -1; /* stops before any overflow: max < 2^63 / 10 in every use */
     }
@@ -666,10 +756,16 @@ static int callid_ok(struct sip_str v)
 static int parse_cseq(struct sip_str v, uint32_t *num, struct sip_str *meth)
 {
     uint32_t i = 0;
-    while (i < v.len && (CLS(v.s[i]) & C_DIGIT))
-        i++;
-    uint64_t x;
-    if (i == 0 || parse_digits(STR(v.s, i), 0xffffffffu, &x) != 0)
+    uint64_t x = 0;
+    for (; i < v.len; i++) {
+        unsigned d = (unsigned)((unsigned char)v.s[i] - '0');
+        if (d > 9)
+            break;
+        x = x * 10 + d;
+        if (x > 0xffffffffu)
+            return -1;
+    }
+    if (i == 0)
         return -1;
     uint32_t j = i;
     while (j < v.len && IS_WSP(v.s[j]))
@@ -693,7 +789,7 @@ static void list_start(struct list_it *it, struct sip_str v)
 {
     it->q = v.s;
     it->end = v.s + v.len;
-    it->single = v.len && !memchr(v.s, ',', v.len);
+    it->single = v.len && sip_find_byte_(v.s, v.s, it->end, ',') == it->end;
 }
 
 static int list_next(struct list_it *it, struct sip_str *item)
@@ -706,6 +802,14 @@ static int list_next(struct list_it *it, struct sip_str *item)
         return 1;
     }
     return sip_list_next(&it->q, it->end, item);
+}
+
+/* sip_msg_hdr_value without the call for the usual unfolded header. */
+INLINE struct sip_str hdr_val(struct sip_msg *m, uint32_t i)
+{
+    if (!(m->hdrs[i].flags & SIP_HDR_F_FOLDED))
+        return m->hdrs[i].value;
+    return sip_msg_hdr_value(m, i);
 }
 
 /* The essentials (RFC 3261 §8.1.1, §8.2.2, §16.3 step 1): every Via, From, To, Call-ID,
@@ -722,19 +826,18 @@ static int validate(struct sip_msg *m, const struct hcount *hc, struct sip_parse
         if (m->hdrs[i].id != SIP_HDR_VIA)
             continue;
         left--;
-        v = sip_msg_hdr_value(m, i);
+        v = hdr_val(m, i);
         if (!v.s)
             ERR(0, "Out of memory");
         int items = 0;
         struct list_it it;
         for (list_start(&it, v); (r = list_next(&it, &item)) == 1; items++) {
-            struct sip_via via;
-            if (sip_via_parse(item.s, item.len, &via) != 0 ||
-                via.proto_name.len != 3 || !ieq(via.proto_name.s, "sip", 3) ||
-                via.proto_version.len != 3 || memcmp(via.proto_version.s, "2.0", 3) != 0)
+            struct sip_via other, *via = m->nvia == 0 ? &m->via1 : &other; /* top one in place */
+            if (sip_via_parse(item.s, item.len, via) != 0 ||
+                via->proto_name.len != 3 || !ieq(via->proto_name.s, "sip", 3) ||
+                via->proto_version.len != 3 || memcmp(via->proto_version.s, "2.0", 3) != 0)
                 ERR(400, "Bad Via");
-            if (m->nvia++ == 0)
-                m->via1 = via;
+            m->nvia++;
         }
         if (r < 0 || items == 0)
             ERR(400, "Bad Via");
@@ -742,26 +845,26 @@ static int validate(struct sip_msg *m, const struct hcount *hc, struct sip_parse
 
     if (hc->n[SIP_HDR_FROM] == 0) ERR(400, "Missing From");
     if (hc->n[SIP_HDR_FROM] > 1) ERR(400, "Duplicate From");
-    v = sip_msg_hdr_value(m, hc->first[SIP_HDR_FROM]);
+    v = hdr_val(m, hc->first[SIP_HDR_FROM]);
     if (!v.s || sip_nameaddr_parse(v.s, v.len, 0, &m->from) != 0)
         ERR(400, "Bad From");
 
     if (hc->n[SIP_HDR_TO] == 0) ERR(400, "Missing To");
     if (hc->n[SIP_HDR_TO] > 1) ERR(400, "Duplicate To");
-    v = sip_msg_hdr_value(m, hc->first[SIP_HDR_TO]);
+    v = hdr_val(m, hc->first[SIP_HDR_TO]);
     if (!v.s || sip_nameaddr_parse(v.s, v.len, 0, &m->to) != 0)
         ERR(400, "Bad To");
 
     if (hc->n[SIP_HDR_CALL_ID] == 0) ERR(400, "Missing Call-ID");
     if (hc->n[SIP_HDR_CALL_ID] > 1) ERR(400, "Duplicate Call-ID");
-    v = sip_msg_hdr_value(m, hc->first[SIP_HDR_CALL_ID]);
+    v = hdr_val(m, hc->first[SIP_HDR_CALL_ID]);
     if (!v.s || !callid_ok(v))
         ERR(400, "Bad Call-ID");
     m->call_id = v;
 
     if (hc->n[SIP_HDR_CSEQ] == 0) ERR(400, "Missing CSeq");
     if (hc->n[SIP_HDR_CSEQ] > 1) ERR(400, "Duplicate CSeq");
-    v = sip_msg_hdr_value(m, hc->first[SIP_HDR_CSEQ]);
+    v = hdr_val(m, hc->first[SIP_HDR_CSEQ]);
     if (!v.s || parse_cseq(v, &m->cseq, &m->cseq_method_str) != 0)
         ERR(400, "Bad CSeq");
     m->cseq_method = sip_method_lookup(m->cseq_method_str.s, m->cseq_method_str.len);
@@ -774,7 +877,7 @@ static int validate(struct sip_msg *m, const struct hcount *hc, struct sip_parse
     if (hc->n[SIP_HDR_MAX_FORWARDS] > 1)
         ERR(400, "Bad Max-Forwards");
     if (hc->n[SIP_HDR_MAX_FORWARDS]) {
-        v = sip_msg_hdr_value(m, hc->first[SIP_HDR_MAX_FORWARDS]);
+        v = hdr_val(m, hc->first[SIP_HDR_MAX_FORWARDS]);
         if (!v.s || parse_digits(v, 255, &x) != 0)
             ERR(400, "Bad Max-Forwards");
         m->max_forwards = (int)x;
@@ -784,7 +887,7 @@ static int validate(struct sip_msg *m, const struct hcount *hc, struct sip_parse
     if (hc->n[SIP_HDR_CONTENT_LENGTH] > 1)
         ERR(400, "Bad Content-Length"); /* RFC 4475 mcl01 */
     if (hc->n[SIP_HDR_CONTENT_LENGTH]) {
-        v = sip_msg_hdr_value(m, hc->first[SIP_HDR_CONTENT_LENGTH]);
+        v = hdr_val(m, hc->first[SIP_HDR_CONTENT_LENGTH]);
         if (!v.s || parse_digits(v, SIP_MSG_MAX_LEN, &x) != 0)
             ERR(400, "Bad Content-Length"); /* RFC 4475 ncl: never use it */
         m->content_length = (int64_t)x;
@@ -794,7 +897,7 @@ static int validate(struct sip_msg *m, const struct hcount *hc, struct sip_parse
         if (m->hdrs[i].id != SIP_HDR_CONTACT)
             continue;
         left--;
-        v = sip_msg_hdr_value(m, i);
+        v = hdr_val(m, i);
         if (!v.s)
             ERR(0, "Out of memory");
         int items = 0;
@@ -814,7 +917,6 @@ static int parse_all(struct sip_msg *m, const char *p, const char *end, unsigned
                      struct sip_parse_error *err)
 {
     struct hcount hc;
-    memset(&hc, 0, sizeof(hc));
     const char *next;
 
     if (end - p >= 4 && ieq(p, "sip/", 4)) {
@@ -873,22 +975,38 @@ struct sip_msg *sip_msg_parse(const char *buf, size_t len, unsigned flags, struc
         err->reason = "Message too large";
         return NULL;
     }
-    struct sip_msg *m = malloc(sizeof(*m) + INLINE_HDRS * sizeof(struct sip_hdr) + len);
-    if (!m) {
+    const size_t fixed = sizeof(struct msg_block) + INLINE_HDRS * sizeof(struct sip_hdr);
+    struct msg_block *b = block_get(fixed + len);
+    if (!b) {
         err->reason = "Out of memory";
         return NULL;
     }
-    memset(m, 0, sizeof(*m));
+    struct sip_msg *m = &b->m;
+    /* via1, from and to (600 bytes) are left as they are: a parse that succeeds has written
+     * all three in full (their parsers zero them first), and one that fails frees the block */
+    sip_zero_(m, offsetof(struct sip_msg, via1));
+    m->nvia = 0;
+    sip_zero_(&m->call_id, sizeof(*m) - offsetof(struct sip_msg, call_id));
     m->refcount = 1;
     m->hdrs = inline_hdrs(m);
     m->hdrs_cap = INLINE_HDRS;
-    char *copy = (char *)(m->hdrs + INLINE_HDRS); /* last in the block: an over-read leaves it */
+    char *copy = (char *)b + b->size - len; /* last in the block: an over-read leaves it */
+    size_t spare = b->size - fixed - len;
+    if (spare >= ARENA_INLINE_MIN) {
+        struct sip_msg_arena *a = (struct sip_msg_arena *)(void *)(m->hdrs + INLINE_HDRS);
+        a->next = NULL;
+        a->used = 0;
+        a->cap = spare - sizeof(*a);
+        m->arena = a;
+    }
     memcpy(copy, buf, len);
     m->buf = copy;
     m->max_forwards = -1;
     m->content_length = -1;
     if (parse_all(m, copy, copy + len, flags, err) != 0) {
-        if (m->is_request && err->status && !head_has_via(copy, copy + len)) {
+        /* a request refused after its header section was read has a Via (parse_all checks
+         * that first), so the rescan is only for refusals in the head itself */
+        if (m->is_request && err->status && !m->head_len && !head_has_via(copy, copy + len)) {
             err->status = 0;
             err->reason = "Missing Via";
         }
@@ -909,14 +1027,17 @@ void sip_msg_unref(struct sip_msg *m)
 {
     if (!m || --m->refcount > 0)
         return;
+    struct msg_block *b = block_of(m);
+    uintptr_t lo = (uintptr_t)b, hi = lo + b->size;
     struct sip_msg_arena *a = m->arena, *n;
     for (; a; a = n) {
         n = a->next;
-        free(a);
+        if ((uintptr_t)a < lo || (uintptr_t)a >= hi)
+            free(a); /* the inline chunk goes with the block */
     }
     if (m->hdrs != inline_hdrs(m))
         free(m->hdrs);
-    free(m);
+    block_put(b);
 }
 
 /* ---- stream framing --------------------------------------------------------------------- */
@@ -1044,14 +1165,16 @@ struct sip_str sip_msg_hdr_value(struct sip_msg *m, uint32_t i)
     const char *p = h->value.s, *e = p + h->value.len;
     size_t n = 0;
     while (p < e) {
-        if (CLS(*p) & C_EOL) {
+        const char *q = sip_find_eol_(h->value.s, p, e); /* copy up to the next line break */
+        memcpy(o + n, p, (size_t)(q - p));
+        n += (size_t)(q - p);
+        p = q;
+        if (p < e) {
             while (n > 0 && IS_WSP(o[n - 1]))
                 n--;
             while (p < e && (CLS(*p) & (C_WSP | C_EOL)))
                 p++;
             o[n++] = ' ';
-        } else {
-            o[n++] = *p++;
         }
     }
     h->value = STR(o, n);
