@@ -1,0 +1,94 @@
+#!/bin/sh
+# bench/run.sh — lunasip's benchmark suite, run by `make bench` after the optimized build.
+# Part 1: parser throughput, lunasip vs libosip2 (bench/parse_bench.c), plus instruction
+# counts under callgrind when valgrind is present. Part 2: OPTIONS answered from Lua over
+# UDP vs Kamailio's sl_send_reply, driven by SIPp (bench/sip_bench.py). Method and fairness
+# rules: /work/shared/BENCH.md. Raw numbers go to build/bench/, the table to stdout.
+#
+# Environment: BENCH_QUICK=1 runs short windows (a smoke test, numbers not for quoting);
+# BENCH_SKIP_SIP=1 or BENCH_SKIP_PARSE=1 skip a part; BENCH_CALLGRIND=0 skips callgrind.
+set -eu
+cd "$(dirname "$0")/.."
+
+OUT=build/bench
+LIB=build/rel/liblunasip.a
+CC=${CC:-cc}
+QUICK=${BENCH_QUICK:-0}
+
+child=""
+cleanup() {
+    # Only what this script started, by PID; sip_bench.py stops its servers itself on TERM.
+    if [ -n "$child" ] && kill -0 "$child" 2>/dev/null; then
+        kill "$child" 2>/dev/null || true
+        wait "$child" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+
+# Runs a command in the background so the traps can stop it, and waits for it.
+run() {
+    "$@" &
+    child=$!
+    rc=0
+    wait "$child" || rc=$?
+    child=""
+    return "$rc"
+}
+
+if [ ! -f "$LIB" ] || [ ! -x ./lunasip ]; then
+    echo "bench/run.sh: $LIB or ./lunasip missing: run 'make bench'" >&2
+    exit 1
+fi
+mkdir -p "$OUT"
+rm -f "$OUT/parse.txt" "$OUT/callgrind.txt" "$OUT/options.json" "$OUT/table.txt"
+start=$(date +%s)
+
+# The RFC 4475 torture set: every file whose MANIFEST rfc column is 4475, valid or not.
+TORTURE=t/data/torture
+SET=$(awk -F'\t' 'NR > 1 && $2 == "4475" { print dir "/" $1 }' dir="$TORTURE" "$TORTURE/MANIFEST.tsv")
+[ -n "$SET" ] || { echo "bench/run.sh: no RFC 4475 files in $TORTURE/MANIFEST.tsv" >&2; exit 1; }
+
+if [ "${BENCH_SKIP_PARSE:-0}" != 1 ]; then
+    echo "== parser: lunasip vs libosip2 ($(echo "$SET" | wc -l) RFC 4475 files, bench/data/invite.sip)"
+    # Same flags as the library under test (make bench builds it with -O2 -DNDEBUG).
+    # shellcheck disable=SC2046  # the pkg-config output is meant to split into words
+    $CC -O2 -DNDEBUG -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -Isrc \
+        -o "$OUT/parse_bench" bench/parse_bench.c "$LIB" -losip2 -losipparser2 \
+        $(pkg-config --libs luajit 2>/dev/null || echo -lluajit-5.1) -lev -lm -ldl
+    if [ "$QUICK" = 1 ]; then popt="-t 0.2 -r 3"; else popt="-t 1 -r 5"; fi
+    # shellcheck disable=SC2086
+    run "$OUT/parse_bench" $popt bench/data/invite.sip $SET > "$OUT/parse.txt"
+    grep -E '^(check|run|ratio)' "$OUT/parse.txt" | sed 's/^/  /'
+
+    if [ "${BENCH_CALLGRIND:-1}" != 0 ] && command -v valgrind >/dev/null 2>&1; then
+        echo "== parser: instructions per message (callgrind, fixed iterations)"
+        for c in invite set; do
+            if [ "$c" = invite ]; then n=2000; else n=100; fi
+            for p in lunasip osip; do
+                f="$OUT/callgrind.$c.$p.out"
+                # shellcheck disable=SC2086
+                run valgrind --tool=callgrind --callgrind-out-file="$f" --collect-atstart=no \
+                    --toggle-collect="loop_$p" "$OUT/parse_bench" -n "$n" -p "$p" -c "$c" \
+                    bench/data/invite.sip $SET > "$OUT/callgrind.$c.$p.log" 2>&1
+                msgs=$(sed -n 's/^fixed .* msgs=\([0-9]*\).*/\1/p' "$OUT/callgrind.$c.$p.log")
+                ir=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$f")
+                [ -n "$ir" ] || ir=$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$f")
+                echo "callgrind case=$c parser=$p msgs=$msgs ir=$ir instr_per_msg=$((ir / msgs))" \
+                    | tee -a "$OUT/callgrind.txt" | sed 's/^/  /'
+            done
+        done
+    fi
+fi
+
+if [ "${BENCH_SKIP_SIP:-0}" != 1 ]; then
+    echo "== OPTIONS over UDP: lunasip (Lua) vs Kamailio (sl_send_reply), SIPp, interleaved"
+    if [ "$QUICK" = 1 ]; then sopt="--quick"; else sopt=""; fi
+    # shellcheck disable=SC2086
+    run python3 bench/sip_bench.py --out "$OUT" --lunasip ./lunasip $sopt
+fi
+
+end=$(date +%s)
+echo
+python3 bench/report.py "$OUT" "$((end - start))" | tee "$OUT/table.txt"
