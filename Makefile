@@ -32,7 +32,7 @@ BIN      := $(BUILD)/lunasip
 UNIT_SRCS := $(wildcard t/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:t/unit/%.c=$(BUILD)/t/%)
 
-.PHONY: all run test bench fuzz clean deps-run deps-test deps-bench unit lua-test integration
+.PHONY: all run test test-build bench fuzz clean deps-run deps-test deps-bench FORCE
 all: lunasip
 
 # The top-level ./lunasip is the optimized build.
@@ -41,7 +41,14 @@ ifeq ($(SANITIZE),)
 	@cp -f $(BIN) $@
 endif
 
-$(BUILD)/obj/%.o: src/%.c
+# Objects depend on the flags they were built with: changing OPT or SANITIZE rebuilds.
+FLAGS_FILE := $(BUILD)/.cflags
+$(FLAGS_FILE): FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(CC) $(CFLAGS) $(LDFLAGS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS) $(LDFLAGS)' > $@
+FORCE:
+
+$(BUILD)/obj/%.o: src/%.c $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
