@@ -5,7 +5,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -121,9 +120,8 @@ void sip_reply_tag(struct sip_str call_id, struct sip_str from_tag, uint32_t cse
     uint64_t h = 0xcbf29ce484222325ULL ^ tag_key[0];
     h = mix(h, call_id.s, call_id.len);
     h = mix(h ^ 0xff, from_tag.s, from_tag.len);
-    char n[12];
-    int nl = snprintf(n, sizeof(n), "%u", cseq);
-    h = mix(h ^ 0xfe, n, (size_t)nl);
+    char n[4] = { (char)(cseq >> 24), (char)(cseq >> 16), (char)(cseq >> 8), (char)cseq };
+    h = mix(h ^ 0xfe, n, sizeof(n));
     h = fin(h ^ tag_key[1]);
     static const char hex[] = "0123456789abcdef";
     for (int i = 0; i < SIP_REPLY_TAG_LEN; i++)
@@ -298,19 +296,21 @@ static void put_value(struct out *o, struct sip_str v)
     o->len += v.len;
 }
 
-static void put_fmt(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put_fmt(struct out *o, const char *fmt, ...)
+/* Decimal without printf: this runs for every answer. */
+static void put_uint(struct out *o, uint64_t v)
 {
-    char tmp[128];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof(tmp)) {
-        o->overflow = 1;
-        return;
-    }
-    put(o, tmp, (size_t)n);
+    char tmp[20];
+    int i = sizeof(tmp);
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    put(o, tmp + i, sizeof(tmp) - (size_t)i);
+}
+
+static void put_cstr(struct out *o, const char *s)
+{
+    put(o, s, strlen(s));
 }
 
 /* Whether the sent-by host is literally the source address (then no received is needed
@@ -357,10 +357,14 @@ static void put_top_via(struct out *o, const struct sip_reply_src *s)
     }
     /* a message that did not come from the network (tests, tools) has no source to name */
     int want_rport = have_src && (v->has_rport || s->force_rport);
-    if (have_src && (want_rport || !host_is_ip(v->host, ip)))
-        put_fmt(o, ";received=%s", ip);
-    if (want_rport)
-        put_fmt(o, ";rport=%d", port);
+    if (have_src && (want_rport || !host_is_ip(v->host, ip))) {
+        PUTS(o, ";received=");
+        put_cstr(o, ip);
+    }
+    if (want_rport) {
+        PUTS(o, ";rport=");
+        put_uint(o, (uint64_t)port);
+    }
     else if (!have_src && v->has_rport)
         PUTS(o, ";rport");
 }
@@ -374,7 +378,11 @@ long sip_reply_build(const struct sip_reply_src *s, int code, const char *reason
         reason = sip_reason_phrase(code);
         rlen = strlen(reason);
     }
-    put_fmt(&o, "SIP/2.0 %03d ", code);
+    if (code < 100 || code > 999)
+        return -1;
+    PUTS(&o, "SIP/2.0 ");
+    put_uint(&o, (uint64_t)code);
+    PUTS(&o, " ");
     put(&o, reason, rlen);
     PUTS(&o, "\r\n");
     for (uint32_t i = 0; i < s->nvias; i++) {
@@ -423,7 +431,9 @@ long sip_reply_build(const struct sip_reply_src *s, int code, const char *reason
     }
     if (elen)
         put(&o, extra, elen);
-    put_fmt(&o, "Content-Length: %zu\r\n\r\n", blen);
+    PUTS(&o, "Content-Length: ");
+    put_uint(&o, blen);
+    PUTS(&o, "\r\n\r\n");
     if (blen)
         put(&o, body, blen);
     return o.overflow ? -1 : (long)o.len;

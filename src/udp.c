@@ -25,9 +25,21 @@ static udp_on_datagram rx_cb;
 int sockaddr_ip_port(const struct sockaddr *sa, char *ip, size_t iplen, int *port)
 {
     if (sa->sa_family == AF_INET) {
+        /* by hand: inet_ntop formats IPv4 with sprintf, and this runs for every answer */
         const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
-        if (!inet_ntop(AF_INET, &s4->sin_addr, ip, (socklen_t)iplen))
+        const unsigned char *b = (const unsigned char *)&s4->sin_addr;
+        if (iplen < 16)
             return -1;
+        char *o = ip;
+        for (int i = 0; i < 4; i++) {
+            unsigned v = b[i];
+            if (v >= 100)
+                *o++ = (char)('0' + v / 100);
+            if (v >= 10)
+                *o++ = (char)('0' + v / 10 % 10);
+            *o++ = (char)('0' + v % 10);
+            *o++ = i < 3 ? '.' : 0;
+        }
         *port = ntohs(s4->sin_port);
         return 0;
     }
