@@ -90,15 +90,24 @@ const char *sip_reason_phrase(int code)
     }
 }
 
-/* A keyed 64-bit mix (FNV-1a over the input, then the splitmix64 finaliser with the key):
- * tags must be stable per request and not guessable from outside. */
+/* A keyed 64-bit mix, eight bytes at a time (multiply-xorshift rounds, then the
+ * splitmix64 finaliser): tags must be stable per request and not guessable from outside,
+ * and this runs for every answer. */
 static uint64_t mix(uint64_t h, const char *s, size_t len)
 {
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 0x100000001b3ULL;
+    while (len >= 8) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        h = (h ^ w) * 0x9e3779b97f4a7c15ULL;
+        h ^= h >> 29;
+        s += 8;
+        len -= 8;
     }
-    return h;
+    uint64_t w = 0;
+    if (len)
+        memcpy(&w, s, len);
+    h = (h ^ w ^ ((uint64_t)len << 56)) * 0x9e3779b97f4a7c15ULL;
+    return h ^ (h >> 29);
 }
 
 static uint64_t fin(uint64_t z)
@@ -120,8 +129,7 @@ void sip_reply_tag(struct sip_str call_id, struct sip_str from_tag, uint32_t cse
     uint64_t h = 0xcbf29ce484222325ULL ^ tag_key[0];
     h = mix(h, call_id.s, call_id.len);
     h = mix(h ^ 0xff, from_tag.s, from_tag.len);
-    char n[4] = { (char)(cseq >> 24), (char)(cseq >> 16), (char)(cseq >> 8), (char)cseq };
-    h = mix(h ^ 0xfe, n, sizeof(n));
+    h = (h ^ cseq ^ 0xfe00000000ULL) * 0x9e3779b97f4a7c15ULL;
     h = fin(h ^ tag_key[1]);
     static const char hex[] = "0123456789abcdef";
     for (int i = 0; i < SIP_REPLY_TAG_LEN; i++)
@@ -284,6 +292,12 @@ static void put(struct out *o, const char *s, size_t n)
 /* A copied header value: folding (CR/LF) becomes SP so the line stays one line. */
 static void put_value(struct out *o, struct sip_str v)
 {
+    if (!v.len)
+        return;
+    if (!memchr(v.s, '\n', v.len) && !memchr(v.s, '\r', v.len)) {
+        put(o, v.s, v.len); /* the usual case: nothing folded */
+        return;
+    }
     if (o->overflow || o->len + v.len > o->cap) {
         o->overflow = 1;
         return;

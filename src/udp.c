@@ -21,6 +21,12 @@
 static char *rx_bufs[UDP_BATCH];
 static size_t rx_buf_size;
 static udp_on_datagram rx_cb;
+/* The recvmmsg vectors, set up once (ensure_buffers): the kernel only rewrites msg_len,
+ * msg_flags and msg_namelen, and the latter is reset for the entries a call filled. */
+static struct mmsghdr rx_msgs[UDP_BATCH];
+static struct iovec rx_iov[UDP_BATCH];
+static struct sockaddr_storage rx_src[UDP_BATCH];
+
 
 int sockaddr_ip_port(const struct sockaddr *sa, char *ip, size_t iplen, int *port)
 {
@@ -65,6 +71,15 @@ static int ensure_buffers(int max_size)
         rx_bufs[i] = b;
     }
     rx_buf_size = want;
+    for (int i = 0; i < UDP_BATCH; i++) {
+        rx_iov[i].iov_base = rx_bufs[i];
+        rx_iov[i].iov_len = rx_buf_size;
+        memset(&rx_msgs[i].msg_hdr, 0, sizeof(rx_msgs[i].msg_hdr));
+        rx_msgs[i].msg_hdr.msg_name = &rx_src[i];
+        rx_msgs[i].msg_hdr.msg_namelen = sizeof(rx_src[i]);
+        rx_msgs[i].msg_hdr.msg_iov = &rx_iov[i];
+        rx_msgs[i].msg_hdr.msg_iovlen = 1;
+    }
     return 0;
 }
 
@@ -74,20 +89,10 @@ static int ensure_buffers(int max_size)
 static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct listener *l = w->data;
-    struct mmsghdr msgs[UDP_BATCH];
-    struct iovec iov[UDP_BATCH];
-    struct sockaddr_storage src[UDP_BATCH];
+    struct mmsghdr *msgs = rx_msgs;
+    struct sockaddr_storage *src = rx_src;
 
     for (int round = 0; round < 8; round++) {
-        for (int i = 0; i < UDP_BATCH; i++) {
-            iov[i].iov_base = rx_bufs[i];
-            iov[i].iov_len = rx_buf_size;
-            memset(&msgs[i].msg_hdr, 0, sizeof(msgs[i].msg_hdr));
-            msgs[i].msg_hdr.msg_name = &src[i];
-            msgs[i].msg_hdr.msg_namelen = sizeof(src[i]);
-            msgs[i].msg_hdr.msg_iov = &iov[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-        }
         int n = recvmmsg(l->fd, msgs, UDP_BATCH, MSG_DONTWAIT, NULL);
         if (n == -1) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
@@ -109,6 +114,8 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
             }
             rx_cb(l, rx_bufs[i], len, (struct sockaddr *)&src[i], msgs[i].msg_hdr.msg_namelen);
         }
+        for (int i = 0; i < n; i++)
+            msgs[i].msg_hdr.msg_namelen = sizeof(src[i]);
         if (n < UDP_BATCH)
             return;
     }
