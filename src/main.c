@@ -21,6 +21,7 @@
 #include "log.h"
 #include "lvm.h"
 #include "sip_core.h"
+#include "sip_msg.h"
 #include "stats.h"
 #include "udp.h"
 #include "version.h"
@@ -410,6 +411,7 @@ int main(int argc, char **argv)
     lapi_clear_local();
     config_proxies_free(&proxies);
     config_free(&cfg);
+    sip_msg_cache_flush();
     if (opt.pidfile)
         unlink(opt.pidfile);
     ev_loop_destroy(loop);

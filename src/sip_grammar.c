@@ -212,23 +212,24 @@ static const char *skip_quoted(const char *p, const char *end)
 /* IPv4address (RFC 3261 §25.1): exactly four 1*3DIGIT octets of value 0..255. */
 static int ipv4_ok(const char *p, const char *e)
 {
-    for (int part = 0;; part++) {
-        if (p >= e || !IS_DIGIT(*p))
+    if (e - p < 7 || e - p > 15)
+        return 0;
+    unsigned dots = 0, v = 0, nd = 0; /* nd: digits of the octet so far (<= 15, no overflow
+                                         that matters: more than 3 refuses) */
+    for (; p < e; p++) {
+        unsigned d = (unsigned)((unsigned char)*p - '0');
+        if (d <= 9) {
+            v = v * 10 + d;
+            nd++;
+        } else if (*p == '.' && nd - 1 <= 2 && v <= 255 && dots < 3) {
+            dots++;
+            v = 0;
+            nd = 0;
+        } else {
             return 0;
-        unsigned v = (unsigned)(*p++ - '0');
-        if (p < e && IS_DIGIT(*p)) {
-            v = v * 10 + (unsigned)(*p++ - '0');
-            if (p < e && IS_DIGIT(*p))
-                v = v * 10 + (unsigned)(*p++ - '0');
         }
-        if (v > 255)
-            return 0;
-        if (part == 3)
-            return p == e; /* a fourth digit or anything else after the last octet refuses */
-        if (p >= e || *p != '.')
-            return 0;
-        p++;
     }
+    return dots == 3 && nd - 1 <= 2 && v <= 255;
 }
 
 /* IPv6address (RFC 3261 §25.1 / RFC 4291 §2.2): hex groups of 1..4 digits, one "::" at most,
@@ -309,7 +310,7 @@ INLINE void host_masks(const char *q, unsigned *host, unsigned *dot, unsigned *n
  * label is a dot first or right after another) and whether any letter or '-' makes it a
  * name; [lo, end) is readable, so a short tail is one load ending at end. Returns the end of
  * the host, or NULL. */
-static const char *parse_host(const char *lo, const char *p, const char *end, struct sip_str *host,
+INLINE const char *parse_host(const char *lo, const char *p, const char *end, struct sip_str *host,
                               enum sip_host_type *type)
 {
     const char *s = p;
@@ -326,29 +327,26 @@ static const char *parse_host(const char *lo, const char *p, const char *end, st
     if (end - lo >= 16) {
         unsigned prevdot = 1, anyname = 0; /* a dot first is an empty label */
         while (p < end) {
-            unsigned hm, dm, nm, k = 16;
+            unsigned hm, dm, nm;
             if (end - p >= 16) {
                 host_masks(p, &hm, &dm, &nm);
             } else {
-                unsigned sh = (unsigned)(16 - (end - p));
+                unsigned sh = (unsigned)(16 - (end - p)); /* bits from end on read 0: stops */
                 host_masks(end - 16, &hm, &dm, &nm);
                 hm >>= sh;
                 dm >>= sh;
                 nm >>= sh;
-                k = (unsigned)(end - p);
             }
-            unsigned stop = ~hm & ((1u << k) - 1);
-            unsigned n = stop ? (unsigned)__builtin_ctz(stop) : k;
+            unsigned n = (unsigned)__builtin_ctz((~hm & 0xffffu) | 0x10000u);
             unsigned in = (1u << n) - 1;
             dm &= in;
             if (dm & ((dm << 1) | prevdot))
                 return NULL; /* ".." or a leading '.' */
             anyname |= nm & in;
-            if (n)
-                prevdot = (dm >> (n - 1)) & 1;
             p += n;
-            if (n < k)
+            if (n < 16)
                 break;
+            prevdot = dm >> 15;
         }
         if (p == s)
             return NULL;
@@ -388,19 +386,21 @@ static const char *parse_host(const char *lo, const char *p, const char *end, st
  * Returns the end or NULL. */
 INLINE const char *parse_port(const char *p, const char *end, struct sip_str *ps, uint16_t *port)
 {
-    const char *q = p;
+    size_t lim = (size_t)(end - p), i = 0;
     uint64_t v = 0;
-    while (q < end && IS_DIGIT(*q)) {
-        v = v * 10 + (uint64_t)(*q - '0');
-        q++;
-        if (q - p > 10)
-            return NULL;
+    if (lim > 11)
+        lim = 11; /* an eleventh digit is enough to refuse */
+    for (; i < lim; i++) {
+        unsigned d = (unsigned)((unsigned char)p[i] - '0');
+        if (d > 9)
+            break;
+        v = v * 10 + d;
     }
-    if (q == p || v > 65535)
+    if (i == 0 || i > 10 || v > 65535)
         return NULL;
-    *ps = slice(p, q);
+    *ps = slice(p, p + i);
     *port = (uint16_t)v;
-    return q;
+    return p + i;
 }
 
 /* uri-parameters after the first ';': 1*paramchar ["=" 1*paramchar] separated by ';'
@@ -742,11 +742,44 @@ static int nameaddr_params(const char *p, const char *end, struct sip_nameaddr *
     return r;
 }
 
+/* The first of ; , ? SP HTAB CR LF in [p, end), or end; [lo, end) is readable. */
+INLINE const char *find_astop(const char *lo, const char *p, const char *end)
+{
+#ifdef __SSE2__
+#define ASTOP16(q, mk)                                                                           \
+    do {                                                                                         \
+        __m128i x_ = _mm_loadu_si128((const __m128i *)(const void *)(q));                        \
+        __m128i s_ = _mm_or_si128(_mm_cmpeq_epi8(x_, _mm_set1_epi8(';')),                        \
+                                  _mm_cmpeq_epi8(x_, _mm_set1_epi8(',')));                       \
+        s_ = _mm_or_si128(s_, _mm_cmpeq_epi8(x_, _mm_set1_epi8('?')));                           \
+        s_ = _mm_or_si128(s_, _mm_cmpeq_epi8(x_, _mm_set1_epi8(' ')));                           \
+        s_ = _mm_or_si128(s_, _mm_cmpeq_epi8(x_, _mm_set1_epi8('\t')));                          \
+        s_ = _mm_or_si128(s_, _mm_cmpeq_epi8(x_, _mm_set1_epi8('\r')));                          \
+        s_ = _mm_or_si128(s_, _mm_cmpeq_epi8(x_, _mm_set1_epi8('\n')));                          \
+        (mk) = (unsigned)_mm_movemask_epi8(s_);                                                  \
+    } while (0)
+    unsigned mk;
+    for (; end - p >= 16; p += 16) {
+        ASTOP16(p, mk);
+        if (mk)
+            return p + __builtin_ctz(mk);
+    }
+    if (p < end && end - lo >= 16) {
+        ASTOP16(end - 16, mk);
+        mk >>= 16 - (end - p);
+        return mk ? p + __builtin_ctz(mk) : end;
+    }
+#undef ASTOP16
+#endif
+    (void)lo;
+    return scan(p, end, CT_NASTOP);
+}
+
 /* A bare addr-spec (RFC 3261 §20.10): the URI runs to the first ';' or LWS, everything
  * after ';' is header params. A URI holding ',' or '?' must be in <> (§20.10), so refused. */
-static int nameaddr_bare(const char *p, const char *end, struct sip_nameaddr *out)
+static int nameaddr_bare(const char *lo, const char *p, const char *end, struct sip_nameaddr *out)
 {
-    const char *q = scan(p, end, CT_NASTOP);
+    const char *q = find_astop(lo, p, end);
     if (q < end && (*q == ',' || *q == '?'))
         return -1;
     if (uri_parse_z(p, (size_t)(q - p), &out->uri) != 0)
@@ -789,7 +822,7 @@ int sip_nameaddr_parse(const char *s, size_t len, int allow_star, struct sip_nam
             if (q == p)
                 return -1;
             if (p == d && q < end && *q == ':')
-                return nameaddr_bare(d, end, out);
+                return nameaddr_bare(t.s, d, end, out);
             dend = q;
             p = skip_lws(q, end);
             if (p < end && *p == '<')

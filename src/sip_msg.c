@@ -296,7 +296,7 @@ INLINE enum sip_hdr_id hdr_lookup(const char *s, size_t len)
 #define H(lit, id) if (len == sizeof(lit) - 1 && ieq(s, lit, sizeof(lit) - 1)) return id
     if (len == 0)
         return SIP_HDR_OTHER;
-    unsigned char c = lc((unsigned char)s[0]);
+    unsigned char c = (unsigned char)(s[0] | 0x20); /* only ever compared with letters */
     switch (len) {
     case 1:
         switch (c) {
@@ -501,8 +501,11 @@ static int parse_request_line(struct sip_msg *m, const char *p, const char *end,
     const char *u = s;
     size_t ulen = (size_t)(p - s);
     s = ++p;
-    while (p < end && !(CLS(*p) & C_EOL))
-        p++;
+    if (end - p >= 9 && ieq(p, "sip/2.0", 7) && p[7] == '\r')
+        p += 7; /* the usual version, without the scan */
+    else
+        while (p < end && !(CLS(*p) & C_EOL))
+            p++;
     if (end - p < 2 || p[0] != '\r' || p[1] != '\n')
         ERR(400, "Bad Request-Line");
     if (!is_sip20(s, (size_t)(p - s))) {
