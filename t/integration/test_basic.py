@@ -409,3 +409,38 @@ def test_lua_log_lines_are_escaped_and_capped(t):
     b = [ln for ln in lines if "LOGTEST-BIN" in ln]
     if t.check(len(b) == 1, "LOGTEST-BIN lines: %d" % len(b)):
         t.check("\\x00\\x01\\x7f end" in b[0], "control bytes are not escaped: %r" % b[0])
+
+
+def test_user_and_group_drop_privileges_after_binding(t):
+    """-u/-g: listeners are bound as root, then lunasip runs as the given user and group."""
+    import pwd, grp
+    try:
+        nobody = pwd.getpwnam("nobody")
+        group = grp.getgrnam("nogroup")
+    except KeyError:
+        t.fail("no user nobody / group nogroup on this machine")
+        return
+    if os.getuid() != 0:
+        t.fail("this test needs root (make test runs as root)")
+        return
+    inst = t.instance(OPTIONS_LUA, start=False)
+    inst.start(args=("-u", "nobody", "-g", "nogroup"))
+    with open("/proc/%d/status" % inst.pid) as f:
+        status = f.read()
+    uid = re.search(r"^Uid:\s+(\d+)\s+(\d+)\s+(\d+)", status, re.M)
+    gid = re.search(r"^Gid:\s+(\d+)\s+(\d+)\s+(\d+)", status, re.M)
+    t.check(uid and {int(x) for x in uid.groups()} == {nobody.pw_uid}, "uids %r, want %d" % (uid and uid.groups(), nobody.pw_uid))
+    t.check(gid and {int(x) for x in gid.groups()} == {group.gr_gid}, "gids %r, want %d" % (gid and gid.groups(), group.gr_gid))
+    resp = t.probe(inst)
+    t.check(resp is not None and resp.status == 200, "no 200 after dropping privileges")
+    t.eq(inst.stop(signal.SIGTERM), 0, "exit status on SIGTERM")
+
+
+def test_unknown_user_is_refused_at_start(t):
+    inst = t.instance(OPTIONS_LUA, start=False)
+    try:
+        inst.start(args=("-u", "no-such-user-lunasip"))
+        t.fail("lunasip started with an unknown -u user")
+    except lsip.Fail:
+        inst.stopped = True  # refusing to start is what this test wants
+    t.check(re.search(r"-u no-such-user-lunasip: no such user", inst.log()), "no clear error for an unknown user")
