@@ -307,6 +307,11 @@ int main(int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
+    if (argc > 1 && strcmp(argv[1], "ctl") == 0) {
+        fprintf(stderr, "lunasip ctl: this version has no control socket yet (core.control_socket is "
+                        "validated but not served); use signals: HUP reloads, USR1 runs on_user_reload\n");
+        return 1;
+    }
     int c;
     while ((c = getopt_long(argc, argv, "c:f:tP:u:g:l:vh", longopts, NULL)) != -1) {
         switch (c) {
