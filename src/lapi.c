@@ -158,15 +158,27 @@ int lunasip_msg_str(uint32_t h, uint32_t g, int field, const char **p, size_t *l
         return tag_of(m, SIP_HDR_FROM, p, len);
     case LAPI_F_TO_TAG:
         return tag_of(m, SIP_HDR_TO, p, len);
-    case LAPI_F_CSEQ_METHOD:
-        v = m->cseq_method_str;
-        break;
     default:
         return LAPI_EINVAL;
     }
     *p = v.s;
     *len = v.len;
     return LAPI_OK;
+}
+
+/* The number of a CSeq value ("314159 INVITE"): 0 with *num and *rest (the offset of the
+ * method after LWS), or -1 when the number is missing or above 2^32-1. */
+static int cseq_number(const char *v, size_t vlen, uint64_t *num, size_t *rest)
+{
+    size_t d = 0;
+    while (d < vlen && v[d] >= '0' && v[d] <= '9')
+        d++;
+    if (d == 0 || sip_parse_uint(v, d, 0xffffffffULL, num) != 0)
+        return -1;
+    while (d < vlen && (v[d] == ' ' || v[d] == '\t'))
+        d++;
+    *rest = d;
+    return 0;
 }
 
 int lunasip_msg_int(uint32_t h, uint32_t g, int field, int64_t *out)
@@ -176,6 +188,7 @@ int lunasip_msg_int(uint32_t h, uint32_t g, int field, int64_t *out)
     int port;
     struct sip_str v;
     uint64_t u;
+    size_t rest;
     switch (field) {
     case LAPI_I_IS_REQUEST: *out = m->is_request; return LAPI_OK;
     case LAPI_I_STATUS:
@@ -184,15 +197,8 @@ int lunasip_msg_int(uint32_t h, uint32_t g, int field, int64_t *out)
         return LAPI_OK;
     case LAPI_I_CSEQ:
         /* the current header, so an edit is seen */
-        if (first_value(m, SIP_HDR_CSEQ, &v) != LAPI_OK)
+        if (first_value(m, SIP_HDR_CSEQ, &v) != LAPI_OK || cseq_number(v.s, v.len, &u, &rest) != 0)
             return LAPI_NONE;
-        {
-            size_t n = 0;
-            while (n < v.len && v.s[n] >= '0' && v.s[n] <= '9')
-                n++;
-            if (sip_parse_uint(v.s, n, 0xffffffffULL, &u) != 0)
-                return LAPI_NONE;
-        }
         *out = (int64_t)u;
         return LAPI_OK;
     case LAPI_I_MAX_FORWARDS:
@@ -303,24 +309,22 @@ static int value_ok(const char *name, size_t nlen, const char *v, size_t vlen)
         return r == 0 && n > 0;
     }
     case SIP_HDR_CSEQ: {
-        size_t d = 0;
-        while (d < vlen && v[d] >= '0' && v[d] <= '9')
-            d++;
-        size_t sp = d;
-        while (sp < vlen && (v[sp] == ' ' || v[sp] == '\t'))
-            sp++;
-        return d > 0 && sp > d && sip_parse_uint(v, d, 0xffffffffULL, &u) == 0 && sip_is_token(v + sp, vlen - sp);
+        size_t rest;
+        return cseq_number(v, vlen, &u, &rest) == 0 && rest > 0 && sip_is_token(v + rest, vlen - rest) &&
+               (v[rest - 1] == ' ' || v[rest - 1] == '\t');
     }
     case SIP_HDR_MAX_FORWARDS:
         return sip_parse_uint(v, vlen, 255, &u) == 0;
-    case SIP_HDR_CALL_ID:
     case SIP_HDR_CONTENT_LENGTH:
+        return sip_parse_uint(v, vlen, 16u << 20, &u) == 0;
+    case SIP_HDR_CALL_ID:
+        /* word ["@" word]: visible characters, no LWS */
         if (vlen == 0)
             return 0;
         for (size_t i = 0; i < vlen; i++)
             if ((unsigned char)v[i] <= ' ' || v[i] == 0x7f)
                 return 0;
-        return sip_hdr_lookup(name, nlen) == SIP_HDR_CALL_ID || sip_parse_uint(v, vlen, 16u << 20, &u) == 0;
+        return 1;
     default:
         return 1;
     }

@@ -46,7 +46,6 @@ enum lapi_str_field {
     LAPI_F_FROM_TAG,
     LAPI_F_TO_TAG,
     LAPI_F_LOCAL_IP,
-    LAPI_F_CSEQ_METHOD,
 };
 
 /* Integer fields for lunasip_msg_int. */

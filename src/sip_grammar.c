@@ -445,6 +445,16 @@ static const char *uri_headers(const char *p, const char *end)
     }
 }
 
+/* uri-parameters after the ';' at p: sets *params (without the ';') and returns the end,
+ * or NULL when malformed. */
+static const char *opt_params(const char *p, const char *end, struct sip_str *params)
+{
+    const char *ps = p + 1, *e = uri_params(ps, end);
+    if (e)
+        *params = slice(ps, e);
+    return e;
+}
+
 /* SIP-URI / SIPS-URI after "scheme:" (RFC 3261 §25.1). userinfo exists exactly when an '@'
  * comes before any character that cannot be in userinfo: user may itself hold ';' '?' '/'
  * (RFC 4475 §3.1.1.2, §3.1.1.9), so the first '@' decides, not the first ';'. The scan for
@@ -482,13 +492,8 @@ static int parse_sip(const char *lo, const char *p, const char *end, struct sip_
         if (!p)
             return -1;
     }
-    if (p < end && *p == ';') {
-        const char *ps = p + 1;
-        p = uri_params(ps, end);
-        if (!p)
-            return -1;
-        out->params = slice(ps, p);
-    }
+    if (p < end && *p == ';' && !(p = opt_params(p, end, &out->params)))
+        return -1;
     if (p < end && *p == '?') {
         const char *hs = p + 1;
         p = uri_headers(hs, end);
@@ -512,13 +517,8 @@ static int parse_tel(const char *p, const char *end, struct sip_uri *out)
     if (d == q)
         return -1;
     out->user = slice(p, q);
-    if (q < end && *q == ';') {
-        const char *ps = q + 1;
-        q = uri_params(ps, end);
-        if (!q)
-            return -1;
-        out->params = slice(ps, q);
-    }
+    if (q < end && *q == ';' && !(q = opt_params(q, end, &out->params)))
+        return -1;
     return q == end ? 0 : -1;
 }
 
