@@ -170,62 +170,41 @@ static int listen_clash(const struct config_listen *a, const struct config_liste
            (a->proto == b->proto || (sa && sb));
 }
 
+/* sip.listen: the strings come from the generic list reader; each is then parsed into a
+ * listener and checked against the ones before it. */
 static int get_listen(struct config_read *r, int t, struct config *c)
 {
-    lua_State *L = r->L;
     const char *path = "sip.listen";
-    int ty = config_read_push_field(r, t, "listen");
-    if (ty == LUA_TNIL) {
-        lua_pop(L, 1);
-        return 0;
-    }
-    if (ty != LUA_TTABLE) {
-        lua_pop(L, 1);
-        return config_read_fail_type(r, path, "a table (list of strings)", ty, ALLOWED_LISTEN);
-    }
-    int lt = lua_gettop(L);
-    size_t n;
-    if (config_read_check_list(r, lt, path, 256, ALLOWED_LISTEN, &n) != 0) {
-        lua_pop(L, 1);
+    char **strs = NULL;
+    size_t n = 0;
+    if (config_read_get_str_list(r, t, "sip", "listen", 256, ALLOWED_LISTEN, NULL, &strs, &n) != 0)
         return -1;
-    }
-    if (n == 0) {
-        lua_pop(L, 1);
-        return config_read_fail(r, path, "at least one listener", "empty list");
-    }
-    struct config_listen *v = calloc(n, sizeof(*v));
-    if (v == NULL) {
-        lua_pop(L, 1);
-        return config_read_fail_oom(r, path);
-    }
-    for (size_t i = 0; i < n; i++) {
+    if (strs == NULL)
+        return 0; /* absent: the default listeners stay */
+    int rc = 0;
+    struct config_listen *v = NULL;
+    if (n == 0)
+        rc = config_read_fail(r, path, "at least one listener", "empty list");
+    else if ((v = calloc(n, sizeof(*v))) == NULL)
+        rc = config_read_fail_oom(r, path);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
         char ip[64];
         snprintf(ip, sizeof(ip), "%s[%zu]", path, i + 1);
-        lua_rawgeti(L, lt, (int)i + 1);
-        int ety = lua_type(L, -1);
-        const char *s;
-        size_t len;
-        int rc;
-        if (ety != LUA_TSTRING)
-            rc = config_read_fail_type(r, ip, "a string", ety, ALLOWED_LISTEN);
-        else if ((s = config_read_check_str(r, ip, ALLOWED_LISTEN, &len)) == NULL)
-            rc = -1;
-        else
-            rc = parse_listen(r, ip, s, len, &v[i]);
-        lua_pop(L, 1);
+        rc = parse_listen(r, ip, strs[i], strlen(strs[i]), &v[i]);
         for (size_t j = 0; rc == 0 && j < i; j++)
             if (listen_clash(&v[i], &v[j]))
                 rc = config_read_fail(r, ip, "each address and port once per protocol; tcp, "
                                       "tls, ws and wss share the TCP port space",
                                       "'%s' clashes with sip.listen[%zu] '%s'",
                                       v[i].text, j + 1, v[j].text);
-        if (rc != 0) {
-            free(v);
-            lua_pop(L, 1);
-            return -1;
-        }
     }
-    lua_pop(L, 1);
+    for (size_t i = 0; i < n; i++)
+        free(strs[i]);
+    free(strs);
+    if (rc != 0) {
+        free(v);
+        return -1;
+    }
     free(c->listen);
     c->listen = v;
     c->nlisten = n;
