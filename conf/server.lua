@@ -20,15 +20,30 @@
     request:header(name), request:header_all(name), request:set_header(name, value),
     request:insert_header / append_header / delete_header / delete_header_top,
     request:reply(code, reason, headers, body), request:check_max_forwards(n),
-    request:is_initial(), request:is_in_dialog(), request:destination_myself().
+    request:is_initial(), request:is_in_dialog(), request:destination_myself(),
+    request:loose_route(), request:fix_nat(), request.tvars (a table of yours that the
+    response callbacks see as response.tvars).
+
+  Stateful proxying (SPEC §5.3), as in OverSIP:
+    local proxy = lunasip.Proxy.new("proxy_out")   -- a profile of proxies.conf
+    proxy:on_success_response(function(response) ... end)   -- also on_provisional_response,
+    proxy:route(request)                  -- on_failure_response, on_canceled, on_error, ...
+    proxy:route(request, host, port, "udp"|"tcp"|"tls"|"ws"|"wss")   -- a fixed next hop
 ]]
+
+-- Where initial requests go: every new call, registration or out-of-dialog request
+-- that is not for lunasip itself is proxied to this host (your registrar, PBX, or SIP
+-- provider). port and transport may be nil: the next hop is then found with DNS
+-- (RFC 3263). In-dialog requests follow their Route headers instead.
+local UPSTREAM = { host = "127.0.0.1", port = 5080, transport = "udp" }
 
 local lunasip = require "lunasip"
 local log = lunasip.log
 
 -- Called once, after every listener is bound and before the first request.
 function SystemEvents.on_started()
-  log.notice("server.lua loaded: answering OPTIONS; proxying is not configured")
+  log.notice("server.lua loaded: proxying initial requests to %s:%s (%s)",
+             UPSTREAM.host, tostring(UPSTREAM.port or "SRV"), UPSTREAM.transport or "any transport")
 end
 
 -- Called on SIGUSR1.
@@ -41,28 +56,82 @@ function SystemEvents.on_terminated(error)
   log.notice("lunasip is stopping")
 end
 
+-- A proxy with the "proxy_out" profile of proxies.conf whose callbacks log what
+-- becomes of request. A proxy per request lets the callbacks name the request.
+local function logging_proxy(request)
+  local what = request.method .. " " .. tostring(request.ruri) .. " (Call-ID " .. tostring(request.call_id) .. ")"
+  local proxy = lunasip.Proxy.new("proxy_out")
+  proxy:on_success_response(function(response)
+    log.info("%s: %d %s", what, response.status_code, response.reason_phrase)
+  end)
+  proxy:on_failure_response(function(response)
+    log.info("%s: %d %s", what, response.status_code, response.reason_phrase)
+  end)
+  proxy:on_error(function(status, reason, code)
+    log.info("%s: error %d %s (%s)", what, status, reason, code)
+  end)
+  proxy:on_canceled(function()
+    log.info("%s: canceled by the caller", what)
+  end)
+  proxy:on_invite_timeout(function()
+    log.info("%s: no final answer in time (Timer C)", what)
+  end)
+  return proxy
+end
+
+local function route(request, ...)
+  local ok, err = logging_proxy(request):route(request, ...)
+  if not ok then
+    log.warn("%s %s not routed: %s", request.method, tostring(request.ruri), err)
+  end
+end
+
 -- Called for every new request except CANCEL (handled by the core) and the ACK of a
 -- negative answer lunasip gave (absorbed by the core).
 function SipEvents.on_request(request)
-  -- RFC 3261 §16.3: refuse requests that have travelled too far (483 at 0).
-  if not request:check_max_forwards(70) then
+  -- RFC 3261 §16.3: refuse requests that have travelled too far (483 at 0), and let
+  -- no request travel more than 10 more hops.
+  if not request:check_max_forwards(10) then
     return
   end
 
-  -- An ACK is never answered.
-  if request.method == "ACK" then
+  -- Answers go back to where the request came from (source IP and port), whatever its
+  -- Via says: the client may be behind a NAT.
+  request:fix_nat()
+
+  -- In-dialog requests follow the route set lunasip recorded (Record-Route).
+  if request:is_in_dialog() then
+    if request:loose_route() then
+      route(request)
+    elseif request.method ~= "ACK" then
+      log.info("%s %s: in-dialog request without a Route to us: 404", request.method, tostring(request.ruri))
+      request:reply(404, "Not Here")
+    end
+    -- an ACK nobody routes is dropped: it is never answered
     return
   end
 
-  -- Keepalive and monitoring probes: answer OPTIONS ourselves.
-  if request.method == "OPTIONS" then
+  -- Initial requests. A Route to lunasip (the client's outbound proxy) is ours to
+  -- remove; any other Route is a preloaded route lunasip does not follow.
+  request:loose_route()
+  if request:has_header("Route") then
+    if request.method ~= "ACK" then
+      request:reply(403, "Preloaded Route not allowed")
+    end
+    return
+  end
+
+  -- Keepalive and monitoring probes addressed to lunasip (its address in the R-URI):
+  -- answer OPTIONS ourselves.
+  if request.method == "OPTIONS" and request:destination_myself() then
     request:reply(200, "OK", { Allow = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER" })
     return
   end
 
-  -- Everything else: this lunasip does not route requests yet. Say so clearly instead
-  -- of letting the client retransmit into silence.
-  log.info("%s %s from %s:%d answered 503 (no routing configured)",
-           request.method, tostring(request.ruri), request.source_ip, request.source_port)
-  request:reply(503, "No Routing Configured", { ["Retry-After"] = "300" })
+  -- An ACK outside any dialog and transaction has nowhere to go.
+  if request.method == "ACK" then
+    return
+  end
+
+  route(request, UPSTREAM.host, UPSTREAM.port, UPSTREAM.transport)
 end

@@ -1,14 +1,20 @@
 -- The lunasip Lua library: `local lunasip = require "lunasip"` in server.lua.
--- SPEC §5: lunasip.Uri, lunasip.NameAddr, lunasip.log, and the dispatcher the core calls
--- for every request it hands to SipEvents.on_request.
+-- SPEC §5: lunasip.Uri, lunasip.NameAddr, lunasip.log, lunasip.Proxy, lunasip.Uac and
+-- lunasip.UacRequest, and the dispatchers the core calls: one for every request it hands
+-- to SipEvents.on_request, one for what happens to a routing (src/lapi.h).
 local uri = require "lunasip.uri"
 local Message = require "lunasip.message"
+local proxy = require "lunasip.proxy"
+local uac = require "lunasip.uac"
 
 local lunasip = {
   version = "0.1.0",
   Uri = uri.Uri,
   NameAddr = uri.NameAddr,
   Message = Message,
+  Proxy = proxy.Proxy,
+  Uac = uac.Uac,
+  UacRequest = uac.UacRequest,
   log = require "lunasip.log",
 }
 
@@ -23,5 +29,12 @@ function lunasip._dispatch_request(h, g)
   end
   on_request(wrap(h, g))
 end
+
+--- Called by the core for each event of a routing started by proxy:route or uac:route:
+--- lunasip._dispatch_proxy(ctx, event, a1, a2, a3) -> LAPI_R_* bits (drop = 1, abort = 2).
+--- Events (src/lapi.h): "target" (transport, ip, port), "provisional" / "success" /
+--- "failure" (response handle h, g), "canceled", "invite_timeout", "error" (status,
+--- reason, code) and "done" (the ctx is forgotten). An error in a callback propagates.
+lunasip._dispatch_proxy = proxy.dispatch
 
 return lunasip

@@ -13,6 +13,7 @@
 #include "sip_msg.h"
 #include "sip_reply.h"
 #include "stats.h"
+#include "txn.h"
 #include "udp.h"
 
 struct slot {
@@ -79,6 +80,36 @@ static struct slot *slot_get(uint32_t h, uint32_t g)
     if (h == 0 || h >= nslots || slots[h].gen != g || !slots[h].m)
         return NULL;
     return &slots[h];
+}
+
+uint32_t lapi_msg_generation(const struct sip_msg *m, uint32_t *gen)
+{
+    uint32_t id = m->handle;
+    if (!id || id >= nslots || slots[id].m != m)
+        return 0;
+    *gen = slots[id].gen;
+    return id;
+}
+
+unsigned lapi_msg_state(const struct sip_msg *m)
+{
+    uint32_t id = m->handle;
+    if (!id || id >= nslots || slots[id].m != m)
+        return 0;
+    return slots[id].state;
+}
+
+void lapi_msg_set_state(struct sip_msg *m, unsigned bits)
+{
+    uint32_t id = m->handle;
+    if (id && id < nslots && slots[id].m == m)
+        slots[id].state |= bits;
+}
+
+struct sip_msg *lapi_msg_get(uint32_t h, uint32_t g)
+{
+    struct slot *sl = slot_get(h, g);
+    return sl ? sl->m : NULL;
 }
 
 #define GET_MSG(h, g) \
@@ -330,33 +361,6 @@ static int value_ok(const char *name, size_t nlen, const char *v, size_t vlen)
     }
 }
 
-/* Removes the top value of a header: the first element of a list header line (the rest of
- * that line stays, in place), or the whole first line otherwise. Returns 1 or 0. */
-static int delete_top_value(struct sip_msg *m, const char *name, size_t nlen)
-{
-    int i = sip_msg_hdr_find(m, name, nlen, 0);
-    if (i < 0)
-        return 0;
-    if (m->hdrs[i].flags & SIP_HDR_F_LIST) {
-        struct sip_str v = sip_msg_hdr_value(m, (uint32_t)i), item;
-        const char *p = v.s, *end = v.s + v.len;
-        if (sip_list_next(&p, end, &item) == 1 && p < end) {
-            /* more elements follow: keep them as this header's new value */
-            struct sip_str rest = sip_str_trim((struct sip_str){ p, (uint32_t)(end - p) });
-            if (rest.len && rest.s[0] == ',')
-                rest = sip_str_trim((struct sip_str){ rest.s + 1, rest.len - 1 });
-            if (rest.len) {
-                int rc = sip_msg_hdr_delete(m, name, nlen, 1);
-                if (rc < 0)
-                    return rc;
-                rc = sip_msg_hdr_insert(m, name, nlen, rest.s, rest.len);
-                return rc < 0 ? rc : 1;
-            }
-        }
-    }
-    return sip_msg_hdr_delete(m, name, nlen, 1);
-}
-
 int lunasip_msg_edit(uint32_t h, uint32_t g, int op, const char *name, size_t nlen, const char *v, size_t vlen)
 {
     GET_MSG(h, g);
@@ -366,7 +370,7 @@ int lunasip_msg_edit(uint32_t h, uint32_t g, int op, const char *name, size_t nl
         n = sip_msg_hdr_delete(m, name, nlen, 0);
         return n < 0 ? edit_status(n) : n;
     case LAPI_E_DELETE_TOP:
-        n = delete_top_value(m, name, nlen);
+        n = sip_msg_hdr_delete_top_value(m, name, nlen);
         return n < 0 ? edit_status(n) : n;
     case LAPI_E_INSERT:
         if (!value_ok(name, nlen, v, vlen))
@@ -453,6 +457,13 @@ int lunasip_msg_reply(uint32_t h, uint32_t g, int code, const char *reason, size
     int rc = LAPI_OK;
     if (n < 0) {
         rc = LAPI_ESEND;
+    } else if (m->txn) {
+        /* through the server transaction: retransmissions get the same answer */
+        int trc = txn_server_reply(m->txn, code, buf, (size_t)n);
+        if (trc == -EALREADY)
+            rc = LAPI_EDONE;
+        else if (trc != 0)
+            rc = LAPI_ESEND;
     } else if (!m->listener) {
         free(sl->last_reply);
         sl->last_reply = malloc((size_t)n);
@@ -473,8 +484,18 @@ int lunasip_msg_reply(uint32_t h, uint32_t g, int code, const char *reason, size
 int lunasip_msg_fix_nat(uint32_t h, uint32_t g)
 {
     GET_MSG(h, g);
-    (void)m;
     sl->force_rport = 1;
+    if (m->txn && m->listener) {
+        /* answers already on their way keep their destination; later ones go back to the
+         * source address and port */
+        struct sip_reply_src src;
+        struct txn_dest *d = (struct txn_dest *)txn_dest(m->txn);
+        if (sip_reply_src_from_msg(m, &src) == 0) {
+            src.force_rport = 1;
+            if (sip_reply_dest(&src, &d->addr, &d->addrlen) != 0)
+                return LAPI_OK;
+        }
+    }
     return LAPI_OK;
 }
 
@@ -598,4 +619,60 @@ void lunasip_log(int level, const char *msg, size_t len)
 int lunasip_log_enabled(int level)
 {
     return (enum log_level)level >= log_current_level;
+}
+
+/* req:loose_route() (RFC 3261 §16.4): undoes a strict-routing previous hop (the R-URI is
+ * ours: the last Route value becomes the R-URI), then removes the top Route when it is
+ * ours, and the next one too when it is ours as well (the double Record-Route of a
+ * transport or IP family change). Returns 1 when a Route of ours was consumed (the request
+ * is to be routed onward), 0 when none, or a negative status. */
+int lunasip_msg_loose_route(uint32_t h, uint32_t g)
+{
+    GET_MSG(h, g);
+    if (!m->is_request)
+        return LAPI_EINVAL;
+    enum { MAXR = 64 };
+    struct sip_str vals[MAXR];
+    size_t n = 0;
+    for (int i = sip_msg_hdr_find_id(m, SIP_HDR_ROUTE, 0); i >= 0; i = sip_msg_hdr_find_id(m, SIP_HDR_ROUTE, (uint32_t)i + 1)) {
+        struct sip_str v = sip_msg_hdr_value(m, (uint32_t)i), item;
+        const char *p = v.s, *end = v.s + v.len;
+        while (sip_list_next(&p, end, &item) == 1) {
+            if (n == MAXR)
+                return 0; /* more Route values than any real route set: leave it alone */
+            vals[n++] = item;
+        }
+    }
+    if (n == 0)
+        return 0;
+    size_t first = 0, last = n;
+    int strict = 0, consumed = 0;
+    struct sip_uri ru;
+    if (sip_uri_parse(m->ruri_str.s, m->ruri_str.len, &ru) == 0 && uri_is_local(&ru)) {
+        struct sip_str lr;
+        struct sip_nameaddr na;
+        if (sip_param_get(ru.params, "lr", &lr) == 1 &&
+            sip_nameaddr_parse(vals[n - 1].s, vals[n - 1].len, 0, &na) == 0) {
+            if (sip_msg_set_ruri(m, na.uri_str.s, na.uri_str.len) != 0)
+                return LAPI_ENOMEM;
+            last--;
+            strict = 1;
+        }
+    }
+    while (consumed < 2 && first < last) {
+        struct sip_nameaddr na;
+        if (sip_nameaddr_parse(vals[first].s, vals[first].len, 0, &na) != 0 || !uri_is_local(&na.uri))
+            break;
+        first++;
+        consumed++;
+    }
+    if (first == 0 && last == n)
+        return 0;
+    if (last > first) {
+        if (sip_msg_hdr_set(m, "Route", 5, vals + first, last - first) < 0)
+            return LAPI_ENOMEM;
+    } else if (sip_msg_hdr_delete(m, "Route", 5, 0) < 0) {
+        return LAPI_ENOMEM;
+    }
+    return strict || consumed ? 1 : 0;
 }

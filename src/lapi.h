@@ -24,10 +24,19 @@ struct sip_msg;
 /* Per-request state bits returned by lapi_msg_unbind. */
 #define LAPI_ST_FINAL   0x1u /* a final response was sent */
 #define LAPI_ST_PROV    0x2u /* a provisional response was sent */
+#define LAPI_ST_ROUTED  0x4u /* proxy:route() took the request */
 
 /* Gives m a handle for Lua (takes a reference on m). Returns the slot id (>0), with
  * *gen its generation, or 0 when out of memory. */
 uint32_t lapi_msg_bind(struct sip_msg *m, uint32_t *gen);
+/* The generation of m's handle into *gen; returns the slot or 0 when m has none. */
+uint32_t lapi_msg_generation(const struct sip_msg *m, uint32_t *gen);
+/* The LAPI_ST_* bits of m's handle (0 when it has none). */
+unsigned lapi_msg_state(const struct sip_msg *m);
+/* Marks m answered (a final response sent by the core or a transaction user). */
+void lapi_msg_set_state(struct sip_msg *m, unsigned bits);
+/* The message behind a handle, or NULL when gone (borrowed). */
+struct sip_msg *lapi_msg_get(uint32_t h, uint32_t g);
 /* Ends the handle: later calls through it answer LAPI_GONE; drops the reference.
  * Returns the LAPI_ST_* bits gathered while it lived. */
 unsigned lapi_msg_unbind(struct sip_msg *m);
@@ -85,6 +94,8 @@ int lunasip_msg_reply(uint32_t h, uint32_t g, int code, const char *reason, size
 int lunasip_msg_fix_nat(uint32_t h, uint32_t g);
 /* req:destination_myself(): the R-URI host (and port, when given) is one of ours. */
 int lunasip_msg_destination_myself(uint32_t h, uint32_t g);
+/* req:loose_route(): 1 when a Route of ours was consumed (RFC 3261 §16.4), 0 when none. */
+int lunasip_msg_loose_route(uint32_t h, uint32_t g);
 /* Whether a URI (bare, no <>) names this lunasip (loose routing, Route checks). */
 int lunasip_uri_is_local(const char *s, size_t len);
 /* The serialised message with its edits into buf (for tests and logging).
@@ -107,5 +118,64 @@ int lunasip_log_enabled(int level);
 int lapi_add_local_address(const char *host, int port);
 int lapi_add_local_domain(const char *domain);
 void lapi_clear_local(void);
+
+/* ----- Proxy and Uac (SPEC §5.3; src/proxy.c) -----
+ *
+ * proxy:route() and uac:route() only register the routing: the core runs it after the
+ * current Lua handler returns (FFI functions never call back into Lua), then reports what
+ * happens by calling, at top level in the Lua state that routed,
+ *
+ *     lunasip._dispatch_proxy(ctx, event, a1, a2, a3)   -- returns a number of LAPI_R_* bits
+ *
+ * with event one of
+ *     "target"         a1 = transport ("udp"...), a2 = ip, a3 = port   (before each send)
+ *     "provisional"    a1, a2 = response handle (h, g)   (1xx other than 100)
+ *     "success"        a1, a2 = response handle          (each 2xx)
+ *     "failure"        a1, a2 = response handle          (the final 3xx-6xx to be forwarded)
+ *     "canceled"       -                                 (the caller sent CANCEL)
+ *     "invite_timeout" -                                 (Timer C)
+ *     "error"          a1 = status, a2 = reason, a3 = code string ("client_timeout", ...)
+ *     "done"           -   the ctx is over: no further event for it; Lua forgets it
+ * A response handle lives for the call only. For a Proxy, the request handle stays valid
+ * until "done" (so callbacks may read it, or answer it from on_error). */
+#define LAPI_R_DROP  0x1 /* proxy:drop_response() was called: do not forward / reply */
+#define LAPI_R_ABORT 0x2 /* proxy:abort_routing() was called in on_target */
+
+#define LAPI_TP_ANY (-1) /* transport argument: any (else enum sip_transport) */
+
+/* LAPI_OK when proxies.conf defines that profile, else LAPI_NONE. */
+int lunasip_proxy_profile(const char *name, size_t len);
+/* Registers stateful routing of request (h, g) with a profile. host NULL (hlen 0) = from
+ * the top Route, else the R-URI; port 0 = default; transport LAPI_TP_ANY or an enum
+ * sip_transport value. Returns LAPI_OK and *ctx (> 0); LAPI_EINVAL for bad arguments or a
+ * response handle; LAPI_NONE for an unknown profile; LAPI_EDONE when the request already
+ * has a final answer or is being routed; LAPI_GONE. An ACK is forwarded statelessly:
+ * *ctx is still given, and only "target", "error" and "done" can follow. */
+int lunasip_proxy_route(uint32_t h, uint32_t g, const char *profile, size_t plen,
+                        const char *host, size_t hlen, int port, int transport, uint32_t *ctx);
+/* Routes a request lunasip originates (lunasip.Uac). buf: the whole request without Via
+ * (start line, headers, empty line, body); the core adds our Via and, when absent,
+ * Max-Forwards: 70. Same routing arguments as lunasip_proxy_route (host NULL = from the
+ * R-URI). Returns LAPI_OK and *ctx; LAPI_EINVAL with *err (static text) when the request
+ * does not parse; LAPI_NONE for an unknown profile. */
+int lunasip_uac_route(const char *buf, size_t len, const char *profile, size_t plen,
+                      const char *host, size_t hlen, int port, int transport, uint32_t *ctx,
+                      const char **err);
+/* Which events the routing ctx (just registered, not started) delivers to Lua: LAPI_EV_*
+ * bits; "done" only with LAPI_EV_DONE. Without this call every event is delivered.
+ * LAPI_OK or LAPI_NONE (no such pending ctx). */
+#define LAPI_EV_TARGET         0x01
+#define LAPI_EV_PROVISIONAL    0x02
+#define LAPI_EV_SUCCESS        0x04
+#define LAPI_EV_FAILURE        0x08
+#define LAPI_EV_CANCELED       0x10
+#define LAPI_EV_INVITE_TIMEOUT 0x20
+#define LAPI_EV_ERROR          0x40
+#define LAPI_EV_DONE           0x80
+int lunasip_proxy_events(uint32_t ctx, unsigned mask);
+/* proxy:add_target_to_blacklist(timeout, status, reason) for the ctx's current target:
+ * timeout 0 = the profile's blacklist_time (else 2..3000 s), status 0 = 403, reason NULL =
+ * "Destination Blacklisted". LAPI_OK, LAPI_NONE (no current target), LAPI_EINVAL. */
+int lunasip_proxy_blacklist(uint32_t ctx, int timeout, int status, const char *reason, size_t rlen);
 
 #endif

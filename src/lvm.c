@@ -21,10 +21,12 @@ struct lvm {
     int refs;
     unsigned gen;
     int ref_dispatch;   /* lunasip._dispatch_request */
+    int ref_proxy;      /* lunasip._dispatch_proxy */
     int ref_traceback;  /* message handler */
 };
 
 struct lvm *lvm_current;
+struct lvm *lvm_active;
 static unsigned next_gen = 1;
 
 /* The message handler of every pcall: the error with a traceback of the failing stack. */
@@ -143,19 +145,19 @@ static int bootstrap(lua_State *L, const struct lvm_env *env, char *err, size_t 
         "  conf_dir .. '/lib/?.lua;' .. conf_dir .. '/lib/?/init.lua;' .. package.path\n"
         "SystemEvents, SipEvents, WebSocketEvents = {}, {}, {}\n"
         "lunasip = require 'lunasip'\n"
-        "return lunasip._dispatch_request\n";
+        "return lunasip._dispatch_request, lunasip._dispatch_proxy\n";
     if (luaL_loadbuffer(L, code, sizeof(code) - 1, "=lunasip-bootstrap") != 0) {
         snprintf(err, errlen, "bootstrap: %s", lua_tostring(L, -1));
         return -1;
     }
     lua_pushstring(L, env->lua_dir);
     lua_pushstring(L, env->conf_dir);
-    if (lua_pcall(L, 2, 1, 1) != 0) {
+    if (lua_pcall(L, 2, 2, 1) != 0) {
         snprintf(err, errlen, "loading the lunasip Lua library from %s: %s", env->lua_dir, lua_tostring(L, -1));
         return -1;
     }
-    if (!lua_isfunction(L, -1)) {
-        snprintf(err, errlen, "%s/lunasip.lua: _dispatch_request missing", env->lua_dir);
+    if (!lua_isfunction(L, -2) || !lua_isfunction(L, -1)) {
+        snprintf(err, errlen, "%s/lunasip.lua: _dispatch_request or _dispatch_proxy missing", env->lua_dir);
         return -1;
     }
     return 0;
@@ -178,6 +180,7 @@ int lvm_create(const struct lvm_env *env, struct lvm **out, char *err, size_t er
     lua_pushcfunction(L, traceback); /* stack[1]: the message handler for every pcall */
     if (bootstrap(L, env, err, errlen) != 0)
         goto fail;
+    vm->ref_proxy = luaL_ref(L, LUA_REGISTRYINDEX);
     vm->ref_dispatch = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushvalue(L, 1);
     vm->ref_traceback = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -269,7 +272,11 @@ int lvm_system_event(struct lvm *vm, const char *name, const char *arg)
             nargs = 1;
         }
         int64_t t0 = now_us();
-        if (lua_pcall(L, nargs, 0, -3 - nargs) != 0) {
+        struct lvm *prev_active = lvm_active;
+        lvm_active = vm;
+        int prc = lua_pcall(L, nargs, 0, -3 - nargs);
+        lvm_active = prev_active;
+        if (prc != 0) {
             stats.lua_errors++;
             log_lua_error(what, lua_tostring(L, -1));
             rc = -1;
@@ -284,10 +291,12 @@ int lvm_system_event(struct lvm *vm, const char *name, const char *arg)
 int lvm_on_request(struct lvm *vm, struct sip_msg *m)
 {
     lua_State *L = vm->L;
-    uint32_t gen;
-    uint32_t h = lapi_msg_bind(m, &gen);
-    if (!h)
+    uint32_t gen = 0;
+    uint32_t h = m->handle;
+    if (!h && !(h = lapi_msg_bind(m, &gen)))
         return LVM_REQ_FAILED;
+    if (gen == 0)
+        lapi_msg_generation(m, &gen);
     lvm_ref(vm);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_traceback);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_dispatch);
@@ -295,7 +304,11 @@ int lvm_on_request(struct lvm *vm, struct sip_msg *m)
     lua_pushnumber(L, gen);
     int64_t t0 = now_us();
     int rc = 0;
-    if (lua_pcall(L, 2, 0, 1) != 0) {
+    struct lvm *prev_active = lvm_active;
+    lvm_active = vm;
+    int prc = lua_pcall(L, 2, 0, 1);
+    lvm_active = prev_active;
+    if (prc != 0) {
         char what[160];
         stats.lua_errors++;
         snprintf(what, sizeof(what), "SipEvents.on_request failed (Call-ID %.*s)",
@@ -306,6 +319,57 @@ int lvm_on_request(struct lvm *vm, struct sip_msg *m)
     check_slow("SipEvents.on_request", t0, m);
     lua_settop(L, 0);
     lvm_unref(vm);
-    unsigned st = lapi_msg_unbind(m);
+    unsigned st = lapi_msg_state(m);
     return (int)(st | (rc < 0 ? LVM_REQ_FAILED : 0));
+}
+
+int lvm_proxy_event(struct lvm *vm, uint32_t ctx, const struct lvm_proxy_ev *ev, const struct sip_msg *m)
+{
+    lua_State *L = vm->L;
+    int nargs = 2, flags = 0;
+    lvm_ref(vm);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_proxy);
+    lua_pushnumber(L, ctx);
+    lua_pushstring(L, ev->event);
+    if (ev->h) {
+        lua_pushnumber(L, ev->h);
+        lua_pushnumber(L, ev->g);
+        nargs += 2;
+    } else if (ev->s1) {
+        if (ev->s3) { /* error: status, reason, code */
+            lua_pushinteger(L, ev->n);
+            lua_pushstring(L, ev->s1);
+            lua_pushstring(L, ev->s3);
+        } else {      /* target: transport, ip, port */
+            lua_pushstring(L, ev->s1);
+            lua_pushstring(L, ev->s2);
+            lua_pushinteger(L, ev->n);
+        }
+        nargs += 3;
+    }
+    int64_t t0 = now_us();
+    struct lvm *prev_active = lvm_active;
+    lvm_active = vm;
+    int prc = lua_pcall(L, nargs, 1, 1);
+    lvm_active = prev_active;
+    if (prc != 0) {
+        char what[160];
+        stats.lua_errors++;
+        if (m)
+            snprintf(what, sizeof(what), "proxy callback for \"%s\" failed (Call-ID %.*s)", ev->event,
+                     (int)(m->call_id.len > 80 ? 80 : m->call_id.len), m->call_id.s);
+        else
+            snprintf(what, sizeof(what), "proxy callback for \"%s\" failed", ev->event);
+        log_lua_error(what, lua_tostring(L, -1));
+        flags = LVM_REQ_FAILED;
+    } else if (lua_isnumber(L, -1)) {
+        flags = (int)lua_tointeger(L, -1);
+    }
+    char what[64];
+    snprintf(what, sizeof(what), "proxy callback \"%s\"", ev->event);
+    check_slow(what, t0, m);
+    lua_settop(L, 0);
+    lvm_unref(vm);
+    return flags;
 }

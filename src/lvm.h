@@ -4,6 +4,7 @@
 #define LUNASIP_LVM_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct sip_msg;
 
@@ -17,6 +18,9 @@ struct lvm;
 
 /* The state new events go to. */
 extern struct lvm *lvm_current;
+/* The state whose Lua code is running right now (NULL outside Lua): work a handler starts
+ * (a proxy routing) belongs to it, even when a reload installed another one since. */
+extern struct lvm *lvm_active;
 
 /* Builds a new state: standard libraries, the lunasip library, the callback tables, then
  * runs the script and checks what it defined. On error returns -1 with err holding
@@ -33,11 +37,27 @@ unsigned lvm_generation(const struct lvm *vm);
  * is fine; an error is logged with its traceback. Returns 0 or -1 on error. */
 int lvm_system_event(struct lvm *vm, const char *name, const char *arg);
 
-/* SipEvents.on_request(request) for a request the core accepted. Returns the LAPI_ST_*
+/* SipEvents.on_request(request) for a request the core accepted. The request gets a Lua
+ * handle when it has none; the caller unbinds it (lapi_msg_unbind) when no callback can
+ * use it any more. Returns the LAPI_ST_*
  * bits of what the handler did (answered finally, provisionally), plus LVM_REQ_FAILED
  * when it raised an error (logged with its traceback; the caller answers 500). */
 #define LVM_REQ_FAILED 0x100
 int lvm_on_request(struct lvm *vm, struct sip_msg *m);
+
+/* One event of a proxy or uac routing, delivered to lunasip._dispatch_proxy (the
+ * protocol is in lapi.h): a response handle (h != 0), or a target (s1 transport, s2 ip,
+ * n port), or an error (n status, s1 reason, s3 code), or nothing. */
+struct lvm_proxy_ev {
+    const char *event;
+    uint32_t h, g;
+    const char *s1, *s2, *s3;
+    int n;
+};
+/* Calls lunasip._dispatch_proxy(ctx, event, ...) in vm. m (may be NULL) names the
+ * request in log lines. Returns the LAPI_R_* bits the callbacks set, or LVM_REQ_FAILED
+ * when one raised an error (logged with its traceback). */
+int lvm_proxy_event(struct lvm *vm, uint32_t ctx, const struct lvm_proxy_ev *ev, const struct sip_msg *m);
 
 /* Handlers slower than this are logged (SPEC §5). */
 #define LVM_SLOW_US 100000

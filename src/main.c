@@ -20,9 +20,12 @@
 #include "lapi.h"
 #include "log.h"
 #include "lvm.h"
+#include "proxy.h"
 #include "sip_core.h"
 #include "sip_msg.h"
 #include "stats.h"
+#include "timer.h"
+#include "txn.h"
 #include "udp.h"
 #include "version.h"
 
@@ -43,6 +46,8 @@ static char lua_dir[PATH_MAX];
 static struct ev_loop *loop;
 static int terminating;
 static ev_signal sig_hup, sig_usr1, sig_term, sig_int;
+static ev_timer drain_timer;
+static double drain_deadline;
 
 static void usage(FILE *f)
 {
@@ -148,9 +153,24 @@ static void reload(void)
     }
     config_proxies_free(&proxies);
     proxies = nprox;
+    proxy_set_profiles(&proxies);
     lvm_install(vm);
     stats.reloads_ok++;
     LOG_NOTICE("reload done: %s is now generation %u", cfg.script, lvm_generation(vm));
+}
+
+/* Graceful shutdown: client transactions in flight get up to core.shutdown_grace to
+ * finish; new requests are refused with 503 meanwhile. */
+static void on_drain(struct ev_loop *l, ev_timer *w, int revents)
+{
+    (void)w;
+    (void)revents;
+    size_t left = txn_count(TXN_CLIENT_INVITE) + txn_count(TXN_CLIENT_NON_INVITE);
+    if (left == 0 || ev_now(l) >= drain_deadline) {
+        if (left)
+            LOG_NOTICE("shutdown grace over: abandoning %zu client transaction(s)", left);
+        ev_break(l, EVBREAK_ALL);
+    }
 }
 
 static void on_signal(struct ev_loop *l, ev_signal *w, int revents)
@@ -170,13 +190,13 @@ static void on_signal(struct ev_loop *l, ev_signal *w, int revents)
         }
         terminating = 1;
         LOG_NOTICE("%s: shutting down", w->signum == SIGTERM ? "SIGTERM" : "SIGINT");
-        for (struct listener *li = listeners; li; li = li->next)
-            udp_stop(l, li);
+        sip_core_draining = 1;
         if (lvm_current)
             lvm_system_event(lvm_current, "on_terminated", NULL);
-        /* No transaction outlives its request yet, so nothing is left to wait for
-         * within core.shutdown_grace: stop now. */
-        ev_break(l, EVBREAK_ALL);
+        proxy_run_pending();
+        drain_deadline = ev_now(l) + cfg.shutdown_grace;
+        ev_timer_init(&drain_timer, on_drain, 0., 0.05);
+        ev_timer_start(l, &drain_timer);
     }
 }
 
@@ -384,6 +404,10 @@ int main(int argc, char **argv)
     }
     if (bind_listeners() != 0)
         return 1;
+    sip_core_init();
+    timer_attach(loop);
+    proxy_set_profiles(&proxies);
+    proxy_set_listeners(listeners, cfg.advertised_address);
     if (opt.foreground) {
         if (write_pidfile(getpid()) != 0)
             return 1;
@@ -404,9 +428,14 @@ int main(int argc, char **argv)
 
     LOG_NOTICE("lunasip %s started (pid %d, config %s, script %s)", LUNASIP_VERSION, (int)getpid(), cfg.dir, cfg.script);
     lvm_system_event(lvm_current, "on_started", NULL);
+    proxy_run_pending();
     ev_run(loop, 0);
 
     LOG_NOTICE("lunasip stopped");
+    txn_shutdown();
+    proxy_shutdown();
+    timer_detach();
+    timer_shutdown();
     while (listeners) {
         struct listener *n = listeners->next;
         udp_close(loop, listeners);

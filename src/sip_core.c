@@ -1,6 +1,7 @@
 /* The core's handling of received SIP: keepalives, parsing with the answers the parser
  * decided (400/505, or a silent drop), the request checks of RFC 3261 §16.3 that need no
- * routing (416 scheme, 420 Proxy-Require), CANCEL and ACK without a transaction layer,
+ * routing (416 scheme, 420 Proxy-Require), the server transactions (RFC 3261 §17.2),
+ * CANCEL matching (§9.2), 2xx ACKs, responses to the client transactions,
  * and the hand-off to SipEvents.on_request with a 500 when the handler fails. */
 #include "sip_core.h"
 
@@ -11,10 +12,14 @@
 #include "lapi.h"
 #include "log.h"
 #include "lvm.h"
+#include "proxy.h"
 #include "sip_msg.h"
 #include "sip_reply.h"
 #include "stats.h"
+#include "txn.h"
 #include "udp.h"
+
+int sip_core_draining;
 
 static void src_text(const struct sockaddr *src, char *buf, size_t len)
 {
@@ -49,14 +54,65 @@ static void refuse(struct listener *l, const char *buf, size_t len, const struct
              (int)(rs.call_id.len > 80 ? 80 : rs.call_id.len), rs.call_id.s);
 }
 
+/* Answers m: through its server transaction when it has one (so a retransmission gets
+ * the same answer), else statelessly. */
 static void reply_core(struct sip_msg *m, int code, const char *reason, const char *extra, size_t elen)
 {
-    struct sip_reply_src rs;
-    if (sip_reply_src_from_msg(m, &rs) != 0) {
+    struct sip_reply_src *rs = malloc(sizeof(*rs));
+    if (!rs || sip_reply_src_from_msg(m, rs) != 0) {
+        free(rs);
         stats.rx_dropped++;
         return;
     }
-    sip_reply_simple(&rs, code, reason, extra, elen);
+    if (!m->txn) {
+        sip_reply_simple(rs, code, reason, extra, elen);
+    } else {
+        size_t rlen = reason ? strlen(reason) : 0;
+        size_t cap = sip_reply_size(rs, rlen, elen, 0);
+        char *buf = malloc(cap);
+        long n = buf ? sip_reply_build(rs, code, reason, rlen, extra, elen, NULL, 0, buf, cap) : -1;
+        if (n > 0 && txn_server_reply(m->txn, code, buf, (size_t)n) == 0 && code >= 200)
+            lapi_msg_set_state(m, LAPI_ST_FINAL);
+        free(buf);
+    }
+    free(rs);
+}
+
+/* The core is the user of a server transaction until a proxy routing takes it over:
+ * when it ends, the request's Lua handle ends with it. */
+static void on_core_txn_terminated(void *tu, struct txn *t)
+{
+    struct sip_msg *m = tu;
+    if (m->txn == t)
+        m->txn = NULL;
+    if (m->handle)
+        lapi_msg_unbind(m); /* may free m */
+}
+
+static const struct txn_user_ops core_ops = { NULL, NULL, NULL, NULL, on_core_txn_terminated };
+
+/* Leaves a server transaction to finish alone (answered by Lua, nothing to route). */
+static void core_release(struct sip_msg *m)
+{
+    if (m->txn) {
+        txn_set_user(m->txn, NULL, NULL);
+        m->txn = NULL;
+    }
+    if (m->handle)
+        lapi_msg_unbind(m);
+}
+
+static int core_send(const struct txn_dest *d, const char *buf, size_t len)
+{
+    int rc = udp_send(d->l, (const struct sockaddr *)&d->addr, d->addrlen, buf, len);
+    if (rc == 0)
+        stats.tx_messages++;
+    return rc;
+}
+
+void sip_core_init(void)
+{
+    txn_set_send(core_send);
 }
 
 /* RFC 3261 §16.3 step 5: lunasip supports no extension that a proxy must understand, so
@@ -119,40 +175,123 @@ static int ack_is_ours(struct sip_msg *m)
     return memcmp(tag, m->to.tag.s, SIP_REPLY_TAG_LEN) == 0;
 }
 
+/* CANCEL (RFC 3261 §9.2, §16.10): answered 200 through its own transaction when it
+ * matches an INVITE transaction, which is then cancelled; 481 otherwise. Never Lua's. */
+static void on_cancel(struct sip_msg *m)
+{
+    struct txn *inv = txn_server_find_invite(m);
+    if (!inv) {
+        reply_core(m, 481, NULL, NULL, 0);
+        return;
+    }
+    struct sip_reply_src *rs = malloc(sizeof(*rs));
+    if (!rs)
+        return;
+    struct txn_dest d;
+    memset(&d, 0, sizeof(d));
+    d.l = m->listener;
+    d.transport = m->transport;
+    if (sip_reply_src_from_msg(m, rs) == 0 && sip_reply_dest(rs, &d.addr, &d.addrlen) == 0) {
+        struct txn *st = txn_server_create(m, &d, NULL, NULL);
+        if (st) {
+            char buf[4096];
+            long n = sip_reply_build(rs, 200, NULL, 0, NULL, 0, NULL, 0, buf, sizeof(buf));
+            if (n > 0)
+                txn_server_reply(st, 200, buf, (size_t)n);
+        }
+    }
+    free(rs);
+    proxy_on_cancel(inv, m);
+}
+
+/* The ACK of a 2xx (a transaction of its own that no server transaction takes): to Lua,
+ * which routes it statelessly with proxy:route. */
+static void on_ack(struct sip_msg *m)
+{
+    if (ack_is_ours(m)) {
+        stats.rx_acks_absorbed++;
+        return;
+    }
+    if (!lvm_current)
+        return;
+    lvm_on_request(lvm_current, m);
+    proxy_run_pending();
+    if (m->handle)
+        lapi_msg_unbind(m);
+}
+
 static void on_request(struct sip_msg *m)
 {
     stats.rx_requests++;
-    if (m->ruri.scheme == SIP_URI_OTHER && m->method != SIP_METHOD_ACK) {
+    struct txn *st = NULL;
+    enum txn_rx rx = txn_server_receive(m, &st);
+    if (rx == TXN_RX_ABSORBED)
+        return;
+    if (m->method == SIP_METHOD_ACK) {
+        on_ack(m);
+        return;
+    }
+    if (m->ruri.scheme == SIP_URI_OTHER) {
         /* RFC 3261 §16.3 step 2 (and §8.2.2.1) */
         reply_core(m, 416, NULL, NULL, 0);
         return;
     }
-    if (m->method != SIP_METHOD_ACK && m->method != SIP_METHOD_CANCEL && check_proxy_require(m))
-        return;
     if (m->method == SIP_METHOD_CANCEL) {
-        /* Every answer lunasip gives is final at once, so no transaction is ever
-         * pending to cancel (RFC 3261 §9.2). */
-        reply_core(m, 481, NULL, NULL, 0);
+        on_cancel(m);
         return;
     }
-    if (m->method == SIP_METHOD_ACK && ack_is_ours(m)) {
-        stats.rx_acks_absorbed++;
+    if (check_proxy_require(m))
         return;
-    }
-    if (!lvm_current) {
+    if (!lvm_current || sip_core_draining) {
         reply_core(m, 503, NULL, NULL, 0);
         return;
     }
-    int st = lvm_on_request(lvm_current, m);
-    if ((st & LVM_REQ_FAILED) && !(st & LAPI_ST_FINAL) && m->method != SIP_METHOD_ACK) {
-        reply_core(m, 500, NULL, NULL, 0); /* no error text ever reaches the peer */
+
+    /* the server transaction (RFC 3261 §17.2), answering from where §18.2.2 says */
+    struct sip_reply_src *rs = malloc(sizeof(*rs));
+    struct txn_dest d;
+    memset(&d, 0, sizeof(d));
+    d.l = m->listener;
+    d.transport = m->transport;
+    if (!rs || sip_reply_src_from_msg(m, rs) != 0 || sip_reply_dest(rs, &d.addr, &d.addrlen) != 0) {
+        free(rs);
+        stats.rx_dropped++;
         return;
     }
-    if (!(st & (LAPI_ST_FINAL | LVM_REQ_FAILED)) && m->method != SIP_METHOD_ACK) {
-        stats.lua_unanswered++;
-        LOG_DEBUG("%.*s not answered by server.lua, Call-ID %.*s", (int)m->method_str.len, m->method_str.s,
-                  (int)m->call_id.len, m->call_id.s);
+    free(rs);
+    uint32_t gen;
+    if (!lapi_msg_bind(m, &gen)) {
+        stats.rx_dropped++;
+        return;
     }
+    st = txn_server_create(m, &d, &core_ops, m);
+    if (!st) {
+        lapi_msg_unbind(m);
+        reply_core(m, 500, NULL, NULL, 0);
+        return;
+    }
+    m->txn = st;
+    sip_msg_ref(m); /* the handle may end below while we still look at m */
+
+    int res = lvm_on_request(lvm_current, m);
+    proxy_run_pending();
+    unsigned state = lapi_msg_state(m);
+    if (!(state & LAPI_ST_ROUTED)) {
+        if ((res & LVM_REQ_FAILED) && !(state & LAPI_ST_FINAL)) {
+            reply_core(m, 500, NULL, NULL, 0); /* no error text ever reaches the peer */
+            state |= LAPI_ST_FINAL;
+        }
+        if (state & LAPI_ST_FINAL) {
+            core_release(m);
+        } else if (m->txn) {
+            /* nobody answered: the transaction waits, then ends without an answer */
+            stats.lua_unanswered++;
+            LOG_DEBUG("%.*s not answered by server.lua, Call-ID %.*s", (int)m->method_str.len, m->method_str.s,
+                      (int)m->call_id.len, m->call_id.s);
+            txn_server_expire(m->txn, 64 * (uint64_t)txn_timer_values()->T1);
+        }
+    }
+    sip_msg_unref(m);
 }
 
 void sip_core_on_datagram(struct listener *l, const char *buf, size_t len,
@@ -177,13 +316,9 @@ void sip_core_on_datagram(struct listener *l, const char *buf, size_t len,
     if (m->is_request) {
         on_request(m);
     } else {
-        /* No transaction layer yet: no response is ours (RFC 3261 §18.1.2). */
-        char from[80];
         stats.rx_responses++;
-        stats.rx_responses_dropped++;
-        src_text(src, from, sizeof(from));
-        LOG_DEBUG("dropped a %d response from %s matching no transaction, Call-ID %.*s", m->status, from,
-                  (int)m->call_id.len, m->call_id.s);
+        if (!txn_client_receive(m))
+            proxy_on_stray_response(m); /* RFC 3261 §16.7: as a stateless proxy */
     }
     sip_msg_unref(m);
 }

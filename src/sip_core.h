@@ -8,6 +8,12 @@
 
 struct listener;
 
+/* Set during a graceful shutdown: new requests are answered 503. */
+extern int sip_core_draining;
+
+/* Sets the transaction layer's transmit hook. */
+void sip_core_init(void);
+
 /* The udp_on_datagram callback: one datagram, borrowed. */
 void sip_core_on_datagram(struct listener *l, const char *buf, size_t len,
                           const struct sockaddr *src, socklen_t srclen);

@@ -1399,3 +1399,29 @@ long sip_msg_serialize(const struct sip_msg *m, char *out, size_t cap)
         return -1;
     return (long)w.n;
 }
+
+/* See sip_msg.h. */
+int sip_msg_hdr_delete_top_value(struct sip_msg *m, const char *name, size_t nlen)
+{
+    int i = sip_msg_hdr_find(m, name, nlen, 0);
+    if (i < 0)
+        return 0;
+    if (m->hdrs[i].flags & SIP_HDR_F_LIST) {
+        struct sip_str v = sip_msg_hdr_value(m, (uint32_t)i), item;
+        const char *p = v.s, *end = v.s + v.len;
+        if (sip_list_next(&p, end, &item) == 1 && p < end) {
+            /* more elements follow: keep them as this header's new value */
+            struct sip_str rest = sip_str_trim((struct sip_str){ p, (uint32_t)(end - p) });
+            if (rest.len && rest.s[0] == ',')
+                rest = sip_str_trim((struct sip_str){ rest.s + 1, rest.len - 1 });
+            if (rest.len) {
+                int rc = sip_msg_hdr_delete(m, name, nlen, 1);
+                if (rc < 0)
+                    return rc;
+                rc = sip_msg_hdr_insert(m, name, nlen, rest.s, rest.len);
+                return rc < 0 ? rc : 1;
+            }
+        }
+    }
+    return sip_msg_hdr_delete(m, name, nlen, 1);
+}

@@ -113,6 +113,7 @@ enum sip_transport {
 #define SIP_MSG_MAX_HEADERS 512
 
 struct sip_msg_arena; /* private: edit storage */
+struct txn;
 
 /* A parsed message. Reference-counted (sip_msg_ref/unref); owns its buffer (a copy of the
  * received bytes, never modified). Slices point into buf or into the arena. */
@@ -162,6 +163,8 @@ struct sip_msg {
     void *listener;              /* struct listener *, borrowed */
 
     uint32_t handle;             /* Lua handle slot, 0 = none (see lapi.c) */
+    struct txn *txn;             /* requests: the server transaction answering it, set and
+                                  * cleared by its transaction user (sip_core.c, proxy.c) */
 
     struct sip_msg_arena *arena;
 };
@@ -211,6 +214,10 @@ struct sip_str sip_msg_hdr_value(struct sip_msg *m, uint32_t i);
  * names must be tokens, values must not contain CR or LF). */
 int sip_msg_hdr_delete(struct sip_msg *m, const char *name, size_t nlen, int only_first); /* returns count deleted */
 int sip_msg_hdr_insert(struct sip_msg *m, const char *name, size_t nlen, const char *v, size_t vlen); /* before the first of that name, else at the top */
+/* Removes the top value of a header: the first element of a list header line (the rest of
+ * that line stays in place), or the whole first line otherwise. Returns 1, 0 when absent,
+ * or -ENOMEM. */
+int sip_msg_hdr_delete_top_value(struct sip_msg *m, const char *name, size_t nlen);
 int sip_msg_hdr_append(struct sip_msg *m, const char *name, size_t nlen, const char *v, size_t vlen); /* after the last of that name, else at the end */
 /* Replaces every header of that name by the given values, at the position of the first. */
 int sip_msg_hdr_set(struct sip_msg *m, const char *name, size_t nlen, const struct sip_str *vals, size_t n);

@@ -493,39 +493,47 @@ static int forbidden_dst(const struct sockaddr_storage *sa)
     return IN6_IS_ADDR_UNSPECIFIED(&s6->sin6_addr) || s6->sin6_port == 0;
 }
 
-int sip_reply_send(const struct sip_reply_src *s, const char *buf, size_t len)
+int sip_reply_dest(const struct sip_reply_src *s, struct sockaddr_storage *dst, socklen_t *dstlen)
 {
-    struct sockaddr_storage dst;
-    socklen_t dstlen;
     const struct sip_via *v = &s->via1;
     int port = v->port ? v->port : (sip_str_casecmp(v->transport, "TLS") == 0 ? 5061 : 5060);
 
     if (v->has_rport || s->force_rport) {
         /* RFC 3581 §4: back to the source IP and port the request came from */
-        memcpy(&dst, s->src, s->srclen);
-        dstlen = s->srclen;
-    } else if (v->maddr.len && literal_addr(v->maddr, port, &dst, &dstlen) == 0) {
+        memcpy(dst, s->src, s->srclen);
+        *dstlen = s->srclen;
+    } else if (v->maddr.len && literal_addr(v->maddr, port, dst, dstlen) == 0) {
         /* RFC 3261 §18.2.2: maddr wins over the source address */
     } else {
         /* the received address (the source) with the sent-by port */
-        memcpy(&dst, s->src, s->srclen);
-        dstlen = s->srclen;
-        if (dst.ss_family == AF_INET)
-            ((struct sockaddr_in *)&dst)->sin_port = htons((uint16_t)port);
+        memcpy(dst, s->src, s->srclen);
+        *dstlen = s->srclen;
+        if (dst->ss_family == AF_INET)
+            ((struct sockaddr_in *)dst)->sin_port = htons((uint16_t)port);
         else
-            ((struct sockaddr_in6 *)&dst)->sin6_port = htons((uint16_t)port);
+            ((struct sockaddr_in6 *)dst)->sin6_port = htons((uint16_t)port);
     }
-    if (forbidden_dst(&dst)) {
+    if (forbidden_dst(dst)) {
         stats.tx_errors++;
         LOG_NOTICE("response not sent: destination is broadcast, unspecified or port 0");
         return -EINVAL;
     }
-    if (dst.ss_family != s->src->sa_family) {
+    if (dst->ss_family != s->src->sa_family) {
         stats.tx_errors++;
         LOG_NOTICE("response not sent: maddr is of another IP family than the listener");
         return -EAFNOSUPPORT;
     }
-    int rc = udp_send(s->listener, (struct sockaddr *)&dst, dstlen, buf, len);
+    return 0;
+}
+
+int sip_reply_send(const struct sip_reply_src *s, const char *buf, size_t len)
+{
+    struct sockaddr_storage dst;
+    socklen_t dstlen;
+    int rc = sip_reply_dest(s, &dst, &dstlen);
+    if (rc != 0)
+        return rc;
+    rc = udp_send(s->listener, (struct sockaddr *)&dst, dstlen, buf, len);
     if (rc == 0)
         stats.tx_replies++;
     else

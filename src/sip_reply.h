@@ -55,6 +55,9 @@ long sip_reply_build(const struct sip_reply_src *s, int code, const char *reason
  * the sent-by port (default 5060, 5061 for TLS). Refuses broadcast and unspecified
  * destinations. Returns 0 or a negative errno. */
 int sip_reply_send(const struct sip_reply_src *s, const char *buf, size_t len);
+/* Where sip_reply_send would send: fills dst. Returns 0 or a negative errno (refused
+ * destination, logged and counted). */
+int sip_reply_dest(const struct sip_reply_src *s, struct sockaddr_storage *dst, socklen_t *dstlen);
 
 /* The buffer size sip_reply_build needs for these extra headers, reason and body. */
 size_t sip_reply_size(const struct sip_reply_src *s, size_t rlen, size_t elen, size_t blen);

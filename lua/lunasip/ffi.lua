@@ -30,12 +30,22 @@ int lunasip_msg_reply(uint32_t h, uint32_t g, int code, const char *reason, size
 int lunasip_msg_fix_nat(uint32_t h, uint32_t g);
 int lunasip_msg_destination_myself(uint32_t h, uint32_t g);
 int lunasip_uri_is_local(const char *s, size_t len);
+int lunasip_msg_loose_route(uint32_t h, uint32_t g);
 long lunasip_msg_serialize(uint32_t h, uint32_t g, char *buf, size_t cap);
 int lunasip_msg_parse(const char *buf, size_t len, uint32_t *h, uint32_t *g, const char **reason);
 int lunasip_msg_free(uint32_t h, uint32_t g);
 int lunasip_msg_last_reply(uint32_t h, uint32_t g, const char **p, size_t *len);
 void lunasip_log(int level, const char *msg, size_t len);
 int lunasip_log_enabled(int level);
+
+int lunasip_proxy_profile(const char *name, size_t len);
+int lunasip_proxy_events(uint32_t ctx, unsigned mask);
+int lunasip_proxy_route(uint32_t h, uint32_t g, const char *profile, size_t plen,
+                        const char *host, size_t hlen, int port, int transport, uint32_t *ctx);
+int lunasip_uac_route(const char *buf, size_t len, const char *profile, size_t plen,
+                      const char *host, size_t hlen, int port, int transport, uint32_t *ctx,
+                      const char **err);
+int lunasip_proxy_blacklist(uint32_t ctx, int timeout, int status, const char *reason, size_t rlen);
 ]]
 
 local C
@@ -49,4 +59,6 @@ return {
   C = C,
   -- status codes (src/lapi.h)
   OK = 0, NONE = -1, GONE = -2, EINVAL = -3, EDONE = -4, ESEND = -5, ENOMEM = -6,
+  -- what lunasip._dispatch_proxy returns (LAPI_R_*), the transport argument LAPI_TP_ANY
+  R_DROP = 1, R_ABORT = 2, TP_ANY = -1,
 }

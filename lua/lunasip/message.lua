@@ -7,8 +7,8 @@ local urimod = require "lunasip.uri"
 local C = core.C
 local Uri, NameAddr = urimod.Uri, urimod.NameAddr
 
-local ffi_string, type, tostring, tonumber, error, setmetatable, rawset, rawget, pairs, ipairs =
-  ffi.string, type, tostring, tonumber, error, setmetatable, rawset, rawget, pairs, ipairs
+local ffi_string, type, tostring, tonumber, error, setmetatable, getmetatable, rawset, rawget, pairs, ipairs =
+  ffi.string, type, tostring, tonumber, error, setmetatable, getmetatable, rawset, rawget, pairs, ipairs
 local concat = table.concat
 
 local pstr = ffi.new("const char *[1]")
@@ -84,31 +84,29 @@ local function cached(self, key, make)
   return v or nil
 end
 
-function getters:ruri()
-  return cached(self, "ruri", function(m)
-    local s = str(m, F_RURI)
-    return s and Uri.parse(s)
-  end)
+-- (the constructors are upvalue-free functions, not closures made per call: the JIT
+-- compiles no closure creation)
+local function make_ruri(m)
+  local s = str(m, F_RURI)
+  return s and Uri.parse(s)
 end
-function getters:from()
-  return cached(self, "from", function(m)
-    local s = str(m, F_FROM)
-    return s and NameAddr.parse(s)
-  end)
+local function make_from(m)
+  local s = str(m, F_FROM)
+  return s and NameAddr.parse(s)
 end
-function getters:to()
-  return cached(self, "to", function(m)
-    local s = str(m, F_TO)
-    return s and NameAddr.parse(s)
-  end)
+local function make_to(m)
+  local s = str(m, F_TO)
+  return s and NameAddr.parse(s)
 end
-function getters:contact()
-  return cached(self, "contact", function(m)
-    local s = m:header("Contact")
-    if not s or s == "*" then return nil end
-    return NameAddr.parse(s)
-  end)
+local function make_contact(m)
+  local s = m:header("Contact")
+  if not s or s == "*" then return nil end
+  return NameAddr.parse(s)
 end
+function getters:ruri() return cached(self, "ruri", make_ruri) end
+function getters:from() return cached(self, "from", make_from) end
+function getters:to() return cached(self, "to", make_to) end
+function getters:contact() return cached(self, "contact", make_contact) end
 function getters:tvars()
   local t = {}
   rawset(self, "tvars", t)
@@ -262,22 +260,24 @@ function methods:delete_header_top(name)
 end
 
 -- "Name: value\r\n" lines from a list of "Name: value" strings or a map name → value|list.
-local function header_lines(headers)
+-- what names the caller in errors ("reply"). Errors are raised for the caller of the
+-- function that calls header_lines (which must not tail-call it).
+local function header_lines(headers, what)
   local out = {}
   local function add(name, v)
     if type(name) ~= "string" or not name:match("^[%w%-%.!%%%*_%+`'~]+$") then
-      error("reply: bad header name '" .. tostring(name) .. "'", 4)
+      error(what .. ": bad header name '" .. tostring(name) .. "'", 4)
     end
     if type(v) == "number" then v = tostring(v) end
     if type(v) ~= "string" or v:find("[%z\r\n]") then
-      error("reply: header " .. name .. ": value must be a string without CR, LF or NUL", 4)
+      error(what .. ": header " .. name .. ": value must be a string without CR, LF or NUL", 4)
     end
     out[#out + 1] = name .. ": " .. v .. "\r\n"
   end
   if #headers > 0 then
     for _, line in ipairs(headers) do
       local n, v = tostring(line):match("^([^:]+):%s*(.*)$")
-      if not n then error("reply: header line '" .. tostring(line) .. "' is not 'Name: value'", 3) end
+      if not n then error(what .. ": header line '" .. tostring(line) .. "' is not 'Name: value'", 3) end
       add(n:match("^%s*(.-)%s*$"), v)
     end
   else
@@ -303,7 +303,7 @@ function methods:reply(code, reason, headers, body)
   local h = ""
   if headers ~= nil then
     if type(headers) ~= "table" then error("reply: headers must be a table", 2) end
-    h = header_lines(headers)
+    h = header_lines(headers, "reply")
   end
   if body ~= nil and type(body) ~= "string" then error("reply: body must be a string", 2) end
   local rc = C.lunasip_msg_reply(self._h, self._g, code, reason, reason and #reason or 0, h, #h,
@@ -315,13 +315,15 @@ function methods:reply(code, reason, headers, body)
   return nil, "send failed"
 end
 
---- RFC 3261 §16.3 step 3: 483 at Max-Forwards 0 (returns false), else clamps to n.
+--- RFC 3261 §16.3 step 3: 483 at Max-Forwards 0 (returns false; an ACK is only refused,
+--- never answered), else clamps to n.
 function methods:check_max_forwards(n)
   if type(n) ~= "number" or n < 1 or n > 255 then error("check_max_forwards: n must be 1..255", 2) end
   if gone(self) then return nil, "gone" end
   local mf = self.max_forwards
   if mf == 0 then
-    self:reply(483)
+    -- an ACK never gets a response: it is just not forwarded
+    if self.method ~= "ACK" then self:reply(483) end
     return false
   end
   if not mf or mf > n then self:set_header("Max-Forwards", tostring(math.floor(n))) end
@@ -355,41 +357,26 @@ function methods:is_dialog_forming()
   return dialog_forming[self.method] == true and self.to_tag == nil
 end
 
-local function uri_of_route(v)
-  local na = NameAddr.parse(v)
-  return na and na.uri
-end
-
-local function is_local_uri(u)
-  if not u then return false end
-  local s = tostring(u)
-  return C.lunasip_uri_is_local(s, #s) == 1
-end
-
---- RFC 3261 §16.4: if the R-URI is one lunasip put in a Record-Route (a strict router
---- sent it), the last Route becomes the R-URI. Then a top Route naming lunasip is
---- removed (two when double Record-Route put two). Returns true when a Route pointing to
---- lunasip was removed, as OverSIP's loose_route does.
+--- RFC 3261 §16.4 (SPEC §4), run on a request before routing it:
+---  * strict router: when the R-URI is a URI lunasip put in a Record-Route (one of ours,
+---    with ;lr), the previous hop routed strictly: the last Route value becomes the R-URI
+---    and leaves the Route set;
+---  * then a top Route naming lunasip is removed, and the one right after it too when it
+---    names lunasip as well (the double Record-Route written when the transport or the IP
+---    family changes).
+--- Returns true when the request is to be routed onward by lunasip: a Route of ours was
+--- removed, or the strict-router case was undone (as OverSIP's loose_route, which
+--- answers whether a Route of ours was removed). false: no Route of ours (an in-dialog
+--- request like that does not belong to a dialog lunasip routes).
 function methods:loose_route()
-  local routes, err = self:header_all("Route")
-  if not routes then return nil, err end
-  local ruri = self.ruri
-  if #routes > 0 and ruri and ruri:has_param("lr") and is_local_uri(ruri) then
-    local last = uri_of_route(routes[#routes])
-    if last then
-      self.ruri = last
-      routes[#routes] = nil
-    end
+  local rc = C.lunasip_msg_loose_route(self._h, self._g)
+  if rc < 0 then
+    if rc == core.GONE then return nil, "gone" end
+    if rc == core.EINVAL then error("loose_route: not a request", 2) end
+    return nil, "out of memory"
   end
-  local removed = 0
-  while removed < 2 and #routes > 0 and is_local_uri(uri_of_route(routes[1])) do
-    table.remove(routes, 1)
-    removed = removed + 1
-  end
-  if removed > 0 or #routes ~= #self:header_all("Route") then
-    if #routes > 0 then self:set_header("Route", routes) else self:delete_header("Route") end
-  end
-  return removed > 0
+  if rc == 1 then invalidate(self) end
+  return rc == 1
 end
 
 --- RFC 5626 §5.1: the first hop of a UA that asks for Outbound: one Via, Supported:
@@ -415,6 +402,14 @@ end
 function Message.wrap(h, g)
   return setmetatable({ _h = h, _g = g }, mt)
 end
+
+--- Whether x is a message object (from Message.wrap or Message.parse).
+function Message.is(x)
+  return type(x) == "table" and getmetatable(x) == mt
+end
+
+-- For lunasip.UacRequest: the same header-list conventions as req:reply.
+Message._header_lines = header_lines
 
 --- Parses raw bytes into a message that lives until msg:release() (tests and tools).
 function Message.parse(raw)

@@ -297,6 +297,24 @@ describe("request accessors", function()
     assert.are_not.equal(a.tvars, b.tvars)
   end)
 
+  it("give tvars to responses too, and let a script replace the table", function()
+    local r = parse(RESPONSE)
+    assert.same({}, r.tvars)
+    r.tvars.seen = 180
+    assert.equal(180, r.tvars.seen)
+    local shared = { who = "alice" }
+    r.tvars = shared
+    assert.equal(shared, r.tvars)
+  end)
+
+  it("Message.is tells message objects from other values", function()
+    assert.is_true(Message.is(parse(request())))
+    assert.is_true(Message.is(parse(RESPONSE)))
+    assert.is_false(Message.is({}))
+    assert.is_false(Message.is("INVITE"))
+    assert.is_false(Message.is(nil))
+  end)
+
   it("refuse assignment to read-only fields", function()
     local m = parse(request())
     raises("read-only", function() m.method = "BYE" end)
@@ -664,6 +682,12 @@ describe("check_max_forwards", function()
     assert.equal(10, m.max_forwards)
   end)
 
+  it("refuses an ACK at 0 without answering it (an ACK has no answer)", function()
+    local m = parse(request { method = "ACK", mf = 0, totag = "x" })
+    assert.is_false(m:check_max_forwards(70))
+    assert.is_nil(m:last_reply())
+  end)
+
   it("raises for n outside 1..255", function()
     local m = parse(request())
     raises("1..255", function() m:check_max_forwards(0) end)
@@ -739,9 +763,60 @@ describe("loose_route", function()
     C.lapi_add_local_address("192.0.2.100", 5060)
     local m = parse(request { ruri = "sip:192.0.2.100;lr",
                               headers = { "Route: <sip:p2.example.com;lr>", "Route: <sip:bob@final.example.com>" } })
-    assert.is_false(m:loose_route())
+    -- true: the request goes on (to p2.example.com), routed by lunasip
+    assert.is_true(m:loose_route())
     assert.equal("sip:bob@final.example.com", tostring(m.ruri))
     assert.same({ "<sip:p2.example.com;lr>" }, m:header_all("Route"))
+  end)
+
+  it("a strict router's request with only the remote target left in Route", function()
+    C.lapi_add_local_address("192.0.2.100", 5060)
+    local m = parse(request { ruri = "sip:192.0.2.100;lr", headers = { "Route: <sip:bob@192.0.2.4:5062>" } })
+    assert.is_true(m:loose_route())
+    assert.equal("sip:bob@192.0.2.4:5062", tostring(m.ruri))
+    assert.is_false(m:has_header("Route"))
+  end)
+
+  it("a strict router's request after a double Record-Route: the second Route of ours goes too", function()
+    C.lapi_add_local_address("192.0.2.100", 5060)
+    C.lapi_add_local_address("192.0.2.100", 5062)
+    local m = parse(request { ruri = "sip:192.0.2.100;lr",
+                              headers = { "Route: <sip:192.0.2.100:5062;transport=tcp;lr>, <sip:p2.example.com;lr>",
+                                          "Route: <sip:bob@final.example.com>" } })
+    assert.is_true(m:loose_route())
+    assert.equal("sip:bob@final.example.com", tostring(m.ruri))
+    assert.same({ "<sip:p2.example.com;lr>" }, m:header_all("Route"))
+  end)
+
+  it("an R-URI of ours without ;lr is a request to us, not a strict router's", function()
+    C.lapi_add_local_address("192.0.2.100", 5060)
+    local m = parse(request { ruri = "sip:alice@192.0.2.100", headers = { "Route: <sip:p2.example.com;lr>" } })
+    assert.is_false(m:loose_route())
+    assert.equal("sip:alice@192.0.2.100", tostring(m.ruri))
+    assert.same({ "<sip:p2.example.com;lr>" }, m:header_all("Route"))
+  end)
+
+  it("removes the only Route when it is ours: the R-URI is the next hop", function()
+    C.lapi_add_local_address("192.0.2.100", 5060)
+    local m = parse(request { totag = "a", headers = { "Route: <sip:192.0.2.100;lr>" } })
+    assert.is_true(m:loose_route())
+    assert.is_false(m:has_header("Route"))
+    assert.equal("sip:bob@biloxi.example.com", tostring(m.ruri))
+  end)
+
+  it("removes at most two Routes of ours (one visit: a double Record-Route)", function()
+    C.lapi_add_local_address("192.0.2.100", 5060)
+    local m = parse(request { headers = { "Route: <sip:192.0.2.100;lr>, <sip:192.0.2.100;transport=tcp;lr>",
+                                          "Route: <sip:192.0.2.100;lr;x=spiral>" } })
+    assert.is_true(m:loose_route())
+    assert.same({ "<sip:192.0.2.100;lr;x=spiral>" }, m:header_all("Route"))
+  end)
+
+  it("leaves a Route of ours that follows one of someone else", function()
+    C.lapi_add_local_address("192.0.2.100", 5060)
+    local m = parse(request { headers = { "Route: <sip:p1.example.com;lr>, <sip:192.0.2.100;lr>" } })
+    assert.is_false(m:loose_route())
+    assert.same({ "<sip:p1.example.com;lr>", "<sip:192.0.2.100;lr>" }, m:header_all("Route"))
   end)
 
   it("destination_myself compares the R-URI with our addresses and domains", function()
