@@ -159,16 +159,16 @@ static void reload(void)
     LOG_NOTICE("reload done: %s is now generation %u", cfg.script, lvm_generation(vm));
 }
 
-/* Graceful shutdown: client transactions in flight get up to core.shutdown_grace to
- * finish; new requests are refused with 503 meanwhile. */
+/* Graceful shutdown: routings in flight get up to core.shutdown_grace to finish; new
+ * requests are refused with 503 meanwhile. */
 static void on_drain(struct ev_loop *l, ev_timer *w, int revents)
 {
     (void)w;
     (void)revents;
-    size_t left = txn_count(TXN_CLIENT_INVITE) + txn_count(TXN_CLIENT_NON_INVITE);
+    size_t left = proxy_inflight();
     if (left == 0 || ev_now(l) >= drain_deadline) {
         if (left)
-            LOG_NOTICE("shutdown grace over: abandoning %zu client transaction(s)", left);
+            LOG_NOTICE("shutdown grace over: abandoning %zu routing(s) still waiting for an answer", left);
         ev_break(l, EVBREAK_ALL);
     }
 }

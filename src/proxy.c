@@ -82,6 +82,7 @@ static const char *advertised;
 static struct pctx *pending_head, *pending_tail;
 static struct pctx *dispatching;  /* the ctx whose Lua callback is running */
 static uint32_t next_id = 1;
+static size_t inflight;           /* routings Lua has not been told "done" of */
 
 /* ----- the blacklist: targets that failed, for blacklist_time seconds ----- */
 
@@ -212,6 +213,7 @@ static struct pctx *ctx_new(enum ctx_kind kind, struct sip_msg *req, const struc
     if (!c)
         return NULL;
     c->id = next_id++;
+    inflight++;
     if (next_id == 0)
         next_id = 1;
     c->kind = kind;
@@ -324,6 +326,7 @@ static void ctx_finish(struct pctx *c)
     if (!c->lua_done) {
         dispatch_simple(c, "done");
         c->lua_done = 1;
+        inflight--;
     }
     /* the request handle is not needed by anyone any more */
     if (c->kind == CTX_PROXY && c->req->handle && !c->busy)
@@ -666,13 +669,19 @@ static long build_request(struct pctx *c, struct listener *out_l, const char *br
     n += (size_t)snprintf(buf + n, 1024, "Via: SIP/2.0/%s %s;branch=%s\r\n",
                           out_l->transport == SIP_TP_UDP ? "UDP" : "TCP", hp, branch);
     if (wants_rr(c)) {
-        const char *name = m->method == SIP_METHOD_REGISTER ? "Path" : "Record-Route";
+        /* RFC 3327 §5.2: Path only for a UA that announced support for it */
+        int reg = m->method == SIP_METHOD_REGISTER;
+        const char *name = reg ? "Path" : "Record-Route";
         struct listener *in_l = m->listener;
-        n += (size_t)snprintf(buf + n, 256, "%s: <sip:%s;lr>\r\n", name, hp);
-        if (in_l && in_l != out_l && (in_l->family != out_l->family || in_l->transport != out_l->transport)) {
-            char ihp[128];
-            local_hostport(in_l, ihp, sizeof(ihp));
-            n += (size_t)snprintf(buf + n, 256, "%s: <sip:%s;lr>\r\n", name, ihp);
+        if (!reg || has_option_tag(m, SIP_HDR_SUPPORTED, "path")) {
+            n += (size_t)snprintf(buf + n, 256, "%s: <sip:%s;transport=%s;lr>\r\n", name, hp,
+                                  sip_transport_name(out_l->transport));
+            if (in_l && in_l != out_l && (in_l->family != out_l->family || in_l->transport != out_l->transport)) {
+                char ihp[128];
+                local_hostport(in_l, ihp, sizeof(ihp));
+                n += (size_t)snprintf(buf + n, 256, "%s: <sip:%s;transport=%s;lr>\r\n", name, ihp,
+                                      sip_transport_name(in_l->transport));
+            }
         }
     }
     memcpy(buf + n, ser + start, (size_t)sn - start);
@@ -1370,12 +1379,19 @@ void proxy_on_stray_response(struct sip_msg *resp)
         stats.proxy_stateless++;
 }
 
+size_t proxy_inflight(void)
+{
+    return inflight;
+}
+
 void proxy_shutdown(void)
 {
     while (pending_head) {
         struct pctx *c = pending_head;
         pending_head = c->next_pending;
         c->queued = 0;
+        if (!c->lua_done)
+            inflight--;
         c->lua_done = 1;
         ctx_maybe_free(c);
     }

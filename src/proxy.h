@@ -39,6 +39,9 @@ void proxy_on_stray_response(struct sip_msg *resp);
 /* Whether host:port names one of our listeners or local domains (Via sent-by checks). */
 int proxy_is_local(const char *host, size_t hlen, int port);
 
+/* Routings still waiting for their final answer (graceful shutdown waits for them). */
+size_t proxy_inflight(void);
+
 /* Frees every routing context (shutdown, after txn_shutdown). */
 void proxy_shutdown(void);
 
