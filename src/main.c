@@ -182,6 +182,7 @@ static void on_signal(struct ev_loop *l, ev_signal *w, int revents)
         LOG_NOTICE("SIGUSR1: running SystemEvents.on_user_reload");
         if (lvm_current)
             lvm_system_event(lvm_current, "on_user_reload", NULL);
+        proxy_run_pending();
     } else {
         if (terminating) {
             LOG_NOTICE("second %s: exiting now", w->signum == SIGTERM ? "SIGTERM" : "SIGINT");

@@ -71,6 +71,8 @@ struct pctx {
     uint8_t early;               /* the current branch forwarded a provisional with a To tag */
     uint8_t wants_199;           /* the INVITE announced Supported/Require: 199 */
     uint8_t queued;
+    uint8_t in_final_cb;
+    uint8_t handed_over;         /* another routing took the request over */         /* on_failure_response / on_error running: may re-route */
     unsigned events;             /* LAPI_EV_* delivered to Lua */
     int busy;                    /* > 0 while a callback runs: frees are deferred */
     struct pctx *next_pending;
@@ -242,10 +244,12 @@ static void ctx_maybe_free(struct pctx *c)
 {
     if (c->busy || c->st || c->ct || !c->lua_done || c->queued)
         return;
-    if (c->kind == CTX_PROXY && c->req->handle)
-        lapi_msg_unbind(c->req);
-    if (c->req->txn)
-        c->req->txn = NULL;
+    if (!c->handed_over) {
+        if (c->kind == CTX_PROXY && c->req->handle)
+            lapi_msg_unbind(c->req);
+        if (c->kind == CTX_PROXY && c->req->txn)
+            c->req->txn = NULL;
+    }
     sip_msg_unref(c->req);
     if (c->vm)
         lvm_unref(c->vm);
@@ -329,7 +333,7 @@ static void ctx_finish(struct pctx *c)
         inflight--;
     }
     /* the request handle is not needed by anyone any more */
-    if (c->kind == CTX_PROXY && c->req->handle && !c->busy)
+    if (c->kind == CTX_PROXY && c->req->handle && !c->busy && !c->handed_over)
         lapi_msg_unbind(c->req);
     /* After a 2xx to an INVITE both transactions stay ours (RFC 6026: later 2xx go
      * upstream); otherwise they finish alone. */
@@ -445,7 +449,9 @@ static void no_more_targets(struct pctx *c, int status, const char *reason, cons
     int flags;
     if (resp) {
         int st = resp->status == 503 ? 500 : resp->status;
+        c->in_final_cb = 1;
         flags = c->canceled ? 0 : dispatch_response(c, "failure", resp);
+        c->in_final_cb = 0;
         if (flags & LAPI_R_DROP)
             send_199(c, resp);
         else
@@ -461,7 +467,9 @@ static void no_more_targets(struct pctx *c, int status, const char *reason, cons
                  status, reason, code, (int)(c->req->call_id.len > 80 ? 80 : c->req->call_id.len),
                  c->req->call_id.s);
         struct lvm_proxy_ev ev = { "error", 0, 0, reason, NULL, code, status };
+        c->in_final_cb = 1;
         flags = dispatch(c, &ev);
+        c->in_final_cb = 0;
         int non_invite_timeout = status == 408 && c->req->method != SIP_METHOD_INVITE;
         if (!(flags & LAPI_R_DROP) && !(lapi_msg_state(c->req) & LAPI_ST_FINAL)) {
             if (non_invite_timeout) {
@@ -1050,16 +1058,28 @@ int lunasip_proxy_route(uint32_t h, uint32_t g, const char *profile, size_t plen
     if (!prof)
         return LAPI_NONE;
     enum ctx_kind kind = m->method == SIP_METHOD_ACK ? CTX_ACK : CTX_PROXY;
+    struct pctx *prev = NULL;
     if (kind == CTX_PROXY) {
         unsigned st = lapi_msg_state(m);
-        if (st & (LAPI_ST_FINAL | LAPI_ST_ROUTED))
+        if (st & LAPI_ST_FINAL)
             return LAPI_EDONE;
+        if (st & LAPI_ST_ROUTED) {
+            /* serial forking from on_failure_response / on_error (as in OverSIP): the new
+             * routing takes the server transaction over; the old one answers nothing */
+            prev = dispatching;
+            if (!prev || prev->kind != CTX_PROXY || prev->req != m || !prev->in_final_cb || !prev->st)
+                return LAPI_EDONE;
+        }
         if (!m->txn)
             return LAPI_EINVAL; /* not received by the core (Message.parse in tests) */
     }
     struct pctx *c = ctx_new(kind, m, prof);
     if (!c)
         return LAPI_ENOMEM;
+    if (prev) {
+        prev->st = NULL; /* handed over: m->txn stays, now served by c */
+        prev->handed_over = 1;
+    }
     if (kind == CTX_PROXY) {
         c->st = m->txn;
         txn_set_user(c->st, &server_ops, c);
@@ -1236,7 +1256,7 @@ static void start(struct pctx *c)
             }
             stats.proxy_requests++;
             /* RFC 3261 §16.2: 100 Trying at once, the next hop may take a while */
-            if (m->method == SIP_METHOD_INVITE && !(lapi_msg_state(m) & LAPI_ST_PROV))
+            if (m->method == SIP_METHOD_INVITE && !(lapi_msg_state(m) & LAPI_ST_PROV) && txn_status(c->st) == 0)
                 reply_local(c, 100, NULL);
         }
         try_next(c, 0, NULL, NULL, NULL);
