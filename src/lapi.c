@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "log.h"
+#include "proxy.h"
 #include "sip_msg.h"
 #include "sip_reply.h"
 #include "stats.h"
@@ -459,6 +460,8 @@ int lunasip_msg_reply(uint32_t h, uint32_t g, int code, const char *reason, size
         rc = LAPI_ESEND;
     } else if (m->txn) {
         /* through the server transaction: retransmissions get the same answer */
+        if (code >= 200)
+            proxy_before_local_final(m);
         int trc = txn_server_reply(m->txn, code, buf, (size_t)n);
         if (trc == -EALREADY)
             rc = LAPI_EDONE;

@@ -72,7 +72,8 @@ struct pctx {
     uint8_t wants_199;           /* the INVITE announced Supported/Require: 199 */
     uint8_t queued;
     uint8_t in_final_cb;
-    uint8_t handed_over;         /* another routing took the request over */         /* on_failure_response / on_error running: may re-route */
+    uint8_t handed_over;         /* another routing took the request over */
+    struct sip_msg *cur_failure; /* the failure being shown to on_failure_response */         /* on_failure_response / on_error running: may re-route */
     unsigned events;             /* LAPI_EV_* delivered to Lua */
     int busy;                    /* > 0 while a callback runs: frees are deferred */
     struct pctx *next_pending;
@@ -450,7 +451,9 @@ static void no_more_targets(struct pctx *c, int status, const char *reason, cons
     if (resp) {
         int st = resp->status == 503 ? 500 : resp->status;
         c->in_final_cb = 1;
+        c->cur_failure = resp;
         flags = c->canceled ? 0 : dispatch_response(c, "failure", resp);
+        c->cur_failure = NULL;
         c->in_final_cb = 0;
         if (flags & LAPI_R_DROP)
             send_199(c, resp);
@@ -1077,6 +1080,8 @@ int lunasip_proxy_route(uint32_t h, uint32_t g, const char *profile, size_t plen
     if (!c)
         return LAPI_ENOMEM;
     if (prev) {
+        if (prev->cur_failure)
+            send_199(prev, prev->cur_failure); /* its early dialog ends here (RFC 6228) */
         prev->st = NULL; /* handed over: m->txn stays, now served by c */
         prev->handed_over = 1;
     }
@@ -1311,11 +1316,25 @@ void proxy_on_cancel(struct txn *inv, struct sip_msg *cancel)
     c->canceled = 1;
     c->busy++;
     dispatch_simple(c, "canceled");
-    struct sip_str reason = { NULL, 0 };
-    int i = sip_msg_hdr_find_id(cancel, SIP_HDR_REASON, 0);
-    if (i >= 0)
-        reason = sip_msg_hdr_value(cancel, (uint32_t)i);
-    if (c->ct && txn_client_cancel(c->ct, reason.s, reason.len) == 0) {
+    /* RFC 3326 §2: every Reason of the caller's CANCEL goes into ours (one per protocol) */
+    char reason[1024];
+    size_t rlen = 0;
+    for (int i = sip_msg_hdr_find_id(cancel, SIP_HDR_REASON, 0); i >= 0;
+         i = sip_msg_hdr_find_id(cancel, SIP_HDR_REASON, (uint32_t)i + 1)) {
+        struct sip_str v = sip_msg_hdr_value(cancel, (uint32_t)i);
+        if (rlen + v.len + 2 > sizeof(reason))
+            break;
+        if (rlen) {
+            memcpy(reason + rlen, ", ", 2);
+            rlen += 2;
+        }
+        memcpy(reason + rlen, v.s, v.len);
+        rlen += v.len;
+    }
+    int crc = c->ct ? txn_client_cancel(c->ct, rlen ? reason : NULL, rlen) : -EALREADY;
+    if (crc == -EINVAL && rlen) /* a Reason the CANCEL builder refuses: cancel without it */
+        crc = txn_client_cancel(c->ct, NULL, 0);
+    if (crc == 0) {
         /* the 487 (or a late 2xx) comes back through the client transaction */
     } else if (!c->final_sent && !c->ct) {
         reply_local(c, 487, NULL);
@@ -1397,6 +1416,13 @@ void proxy_on_stray_response(struct sip_msg *resp)
     long n = sip_msg_serialize(resp, buf, sizeof(buf));
     if (n > 0 && udp_send(l, (const struct sockaddr *)&dst, dlen, buf, (size_t)n) == 0)
         stats.proxy_stateless++;
+}
+
+void proxy_before_local_final(struct sip_msg *req)
+{
+    struct pctx *c = dispatching;
+    if (c && c->kind == CTX_PROXY && c->req == req && c->cur_failure)
+        send_199(c, c->cur_failure);
 }
 
 size_t proxy_inflight(void)

@@ -39,6 +39,10 @@ void proxy_on_stray_response(struct sip_msg *resp);
 /* Whether host:port names one of our listeners or local domains (Via sent-by checks). */
 int proxy_is_local(const char *host, size_t hlen, int port);
 
+/* A final answer of the script's own is about to go out for req: when it answers from
+ * on_failure_response, the 199 of the early dialog that failure ends goes first. */
+void proxy_before_local_final(struct sip_msg *req);
+
 /* Routings still waiting for their final answer (graceful shutdown waits for them). */
 size_t proxy_inflight(void);
 
