@@ -647,3 +647,45 @@ class Ctx:
                 s.close()
             except OSError:
                 pass
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers of the proxy tests (test_proxy.py)
+
+_SIPP_MSG_RE = re.compile(rb"^-{20,} [^\n]*\n(UDP|TCP|TLS|SCTP) message (received|sent) "
+                          rb"(?:\[(\d+)\] bytes :|\((\d+) bytes\):)\n\n", re.M)
+
+
+def sipp_messages(path):
+    """The SIP messages a SIPp run with -trace_msg wrote to path, in order, as a list of
+    (direction, Response) where direction is "received" or "sent" and Response parses
+    requests too (is_response False, start the request line)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    out = []
+    for m in _SIPP_MSG_RE.finditer(data):
+        n = int(m.group(3) or m.group(4))
+        out.append((m.group(2).decode(), Response(data[m.end():m.end() + n])))
+    return out
+
+
+def udp_bound(port, host="127.0.0.1"):
+    """Whether some socket of this machine is bound to UDP host:port (/proc/net/udp)."""
+    want = "%s:%04X" % ("".join("%02X" % int(b) for b in reversed(host.split("."))), port)
+    try:
+        with open("/proc/net/udp") as f:
+            return any(ln.split()[1] == want for ln in f.read().splitlines()[1:] if len(ln.split()) > 1)
+    except OSError:
+        return False
+
+
+def wait_udp_bound(port, host="127.0.0.1", timeout=5.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if udp_bound(port, host):
+            return True
+        time.sleep(0.02)
+    return udp_bound(port, host)
