@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Prints the benchmark table from the raw results bench/run.sh leaves in OUT:
-parse.txt and callgrind.txt (bench/parse_bench.c), options.json (bench/sip_bench.py).
+parse.txt and callgrind.txt (bench/parse_bench.c), options.json (bench/sip_bench.py) and
+calls.json (bench/sip_bench.py --mode calls).
 usage: report.py OUT [WALL_SECONDS]"""
 import json
 import os
@@ -24,6 +25,114 @@ def num(x, digits=0):
     if digits == 0:
         return "{:,.0f}".format(x)
     return "{:,.{}f}".format(x, digits)
+
+
+def calls_section(out):
+    """Rows of the call-flow table (calls.json from sip_bench.py --mode calls): lunasip against
+    Kamailio native and Kamailio with app_lua. A server that could not do the job shows n/a,
+    and a note says why."""
+    path = os.path.join(out, "calls.json")
+    if not os.path.exists(path):
+        return [], None, []
+    with open(path) as f:
+        c = json.load(f)
+    servers = c.get("servers", [])
+    failed = c.get("failed", {})
+    s = c.get("summary", {})
+    mx = c.get("max_clean_rate")
+    peers = ("kamailio", "kamailio-lua")
+    head = ("calls (UDP, stateful, Record-Route)", "lunasip", "kamailio", "ratio", "kamailio-lua", "ratio")
+
+    def cell(name, value, digits):
+        if name not in servers:
+            return "-"
+        if name in failed:
+            return "n/a (failed)"
+        return num(value, digits) if value is not None else "-"
+
+    def ratio(a, b, name_a, name_b):
+        if a is None or b is None or not b or name_a in failed or name_b in failed:
+            return "-"
+        return "%.2f" % (a / b)
+
+    def row(label, key, digits, flag=False):
+        vals = {n: s.get(n, {}).get(key) for n in ("lunasip",) + peers}
+        mark = ""
+        if flag and any(n in s and not s[n]["all_clean"] for n in servers):
+            mark = " (!)"
+        out_row = [label + mark, cell("lunasip", vals["lunasip"], digits)]
+        for p in peers:
+            out_row += [cell(p, vals[p], digits), ratio(vals["lunasip"], vals[p], "lunasip", p)]
+        return tuple(out_row)
+
+    rate = c.get("cpu_rate", 500)
+    rows = [row("calls CPU us/call @%d/s" % rate, "us_per_call", 1, flag=True),
+            row("server/UAC CPU @%d/s" % rate, "server_over_uac", 2)]
+    if mx is not None:
+        vals = {n: mx.get(n) for n in ("lunasip",) + peers}
+        r = ["max clean call rate (calls/s)", cell("lunasip", vals["lunasip"], 0)]
+        for p in peers:
+            r += [cell(p, vals[p], 0), ratio(vals["lunasip"], vals[p], "lunasip", p)]
+        rows.append(tuple(r))
+
+    notes = []
+    for name in servers:
+        if name in failed:
+            notes.append("calls: %s n/a (%s run failed: %s)" % (name, name, failed[name]))
+    notes.append("calls: SIPp uac -> server -> SIPp uas over UDP on 127.0.0.1, INVITE 180 200 ACK BYE 200 "
+                 "(bench/call_uac.xml, call_uas.xml); CPU = se.sum_exec_runtime of every thread of every process "
+                 "of the server from the UAC's start to its end / calls completed; median of %d interleaved runs "
+                 "of %d calls at %d calls/s%s"
+                 % (c["cpu_reps"], c["cpu_calls"], rate, " (QUICK: not for quoting)" if c.get("quick") else ""))
+    notes.append("calls: lunasip: bench/proxy/ (server.lua: Proxy.new(\"proxy_out\"):route(), do_record_routing), "
+                 "%s process(es); Kamailio %s: record_route(); t_relay() (bench/kamailio/proxy.cfg) and the same in "
+                 "Lua via app_lua/KEMI (proxy-lua.cfg, proxy.lua), children=%d, %s processes, "
+                 "-m 1024 -M 16 -x fm -X fm"
+                 % (c.get("processes", {}).get("lunasip", "-"),
+                    c.get("kamailio_version", "").replace("version: ", "").replace("kamailio ", "").split(" (")[0].strip(),
+                    c.get("kamailio_children", 2),
+                    "/".join(str(c.get("processes", {}).get(p, "-")) for p in peers)))
+    if mx is not None:
+        notes.append("calls: clean step = no failed call on either SIPp side, no retransmission on either side, "
+                     ">= 95%% of the target rate; %d s of calls per step, steps then bisection; UAC, UAS and the "
+                     "server share %d cores" % (c["step_seconds"], c["host"]["nproc"]))
+        for name, capped in c.get("max_search_capped", {}).items():
+            if capped:
+                notes.append("calls: %s was clean at the highest step tried (%d/s); its limit is higher"
+                             % (name, mx[name]))
+        if c.get("max_search_cut"):
+            notes.append("calls: the max-rate search hit its time budget; the figures are lower bounds")
+        for name in servers:
+            uncl = [r for r in c["max_steps"] if r["server"] == name and not r["clean"] and not r.get("superseded")]
+            if uncl:
+                r = min(uncl, key=lambda r: r["rate"])
+                where = ""
+                if r["sipp_drops"] and not r["server_socket_drops"]:
+                    where = " -> lost in SIPp's receive path"
+                elif r["server_socket_drops"] and not r["sipp_drops"]:
+                    where = " -> lost at the server's socket: the server could not keep up"
+                if r.get("server_out_of_memory"):
+                    where += "; the server logged %d out-of-memory errors" % r["server_out_of_memory"]
+                elif r.get("server_log_errors"):
+                    where += "; the server logged %d error lines" % r["server_log_errors"]
+                notes.append("calls: %s lowest unclean step %d/s: failed %d/%d, retransmissions %d/%d (uac/uas), "
+                             "%.0f/s achieved; datagrams dropped at the server's socket %d, at SIPp's %d%s"
+                             % (name, r["rate"], r["failed"], r["uas_failed"], r["retransmissions"],
+                                r["uas_retransmissions"], r["achieved_rate"], r["server_socket_drops"],
+                                r["sipp_drops"], where))
+    busy = [r for r in c["cpu"] if r.get("other_cores") is not None and r["other_cores"] > 0.25]
+    if busy:
+        notes.append("calls: (!) other work used > 0.25 core during %d of %d CPU runs (max %.2f cores): the machine "
+                     "is shared, see calls.json other_cores" % (len(busy), len(c["cpu"]),
+                                                                max(r["other_cores"] for r in busy)))
+    bad = [r for r in c["cpu"] if not r["clean"]]
+    if bad:
+        notes.append("calls: (!) %d CPU run(s) not clean: %s" % (len(bad), ", ".join(
+            "%s rep %d (fail %d/%d, retr %d/%d, %.0f/s)" % (r["server"], r["rep"], r["failed"], r["uas_failed"],
+                                                           r["retransmissions"], r["uas_retransmissions"],
+                                                           r["achieved_rate"]) for r in bad)))
+    return rows, head, notes
+
 
 
 def main():
@@ -131,16 +240,30 @@ def main():
                 "%s@%d rep %d (fail %d, retr %d, %.0f/s)" % (r["server"], r["rate"], r["rep"], r["failed"],
                                                              r["retransmissions"], r["achieved_rate"]) for r in bad)))
 
+    calls_rows, calls_head, calls_notes = calls_section(out)
     w = [34, 14, 19, 8]
-    print("%-*s %*s %*s %*s" % (w[0], "benchmark", w[1], "lunasip", w[2], "libosip2/kamailio", w[3], "ratio"))
-    for r in rows:
-        print("%-*s %*s %*s %*s" % (w[0], r[0], w[1], r[1], w[2], r[2], w[3], r[3]))
-    print()
-    print("ratio: parse = lunasip speed-up over libosip2 (higher is better); OPTIONS CPU = lunasip/kamailio "
-          "(lower is better); max rate = lunasip/kamailio")
+    if rows or not calls_rows:
+        print("%-*s %*s %*s %*s" % (w[0], "benchmark", w[1], "lunasip", w[2], "libosip2/kamailio", w[3], "ratio"))
+        for r in rows:
+            print("%-*s %*s %*s %*s" % (w[0], r[0], w[1], r[1], w[2], r[2], w[3], r[3]))
+        print()
+    if calls_rows:
+        cw = [34, 14, 12, 8, 14, 8]
+        print("%-*s %*s %*s %*s %*s %*s" % (cw[0], calls_head[0], cw[1], calls_head[1], cw[2], calls_head[2],
+                                           cw[3], calls_head[3], cw[4], calls_head[4], cw[5], calls_head[5]))
+        for r in calls_rows:
+            print("%-*s %*s %*s %*s %*s %*s" % (cw[0], r[0], cw[1], r[1], cw[2], r[2], cw[3], r[3], cw[4], r[4],
+                                               cw[5], r[5]))
+        print()
+    if rows:
+        print("ratio: parse = lunasip speed-up over libosip2 (higher is better); OPTIONS CPU = lunasip/kamailio "
+              "(lower is better); max rate = lunasip/kamailio")
+    if calls_rows:
+        print("ratio: calls = lunasip/kamailio and lunasip/kamailio-lua: CPU per call and server/UAC CPU lower is "
+              "better, max clean call rate higher is better")
     for g in goals:
         print("goal: " + g)
-    for n in notes:
+    for n in notes + calls_notes:
         print("note: " + n)
     if wall is not None:
         print("wall time of bench/run.sh: %d s; raw numbers in %s/" % (wall, out))

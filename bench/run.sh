@@ -2,11 +2,15 @@
 # bench/run.sh — lunasip's benchmark suite, run by `make bench` after the optimized build.
 # Part 1: parser throughput, lunasip vs libosip2 (bench/parse_bench.c), plus instruction
 # counts under callgrind when valgrind is present. Part 2: OPTIONS answered from Lua over
-# UDP vs Kamailio's sl_send_reply, driven by SIPp (bench/sip_bench.py). Method and fairness
-# rules: /work/shared/BENCH.md. Raw numbers go to build/bench/, the table to stdout.
+# UDP vs Kamailio's sl_send_reply, driven by SIPp (bench/sip_bench.py). Part 3: the stateful
+# proxy call flow (SIPp uac -> server -> SIPp uas, INVITE 180 200 ACK BYE 200) through lunasip,
+# Kamailio (record_route(); t_relay()) and Kamailio routing in Lua (app_lua)
+# (bench/sip_bench.py --mode calls). Method and fairness rules: /work/shared/BENCH.md.
+# Raw numbers go to build/bench/, the table to stdout.
 #
 # Environment: BENCH_QUICK=1 runs short windows (a smoke test, numbers not for quoting);
-# BENCH_SKIP_SIP=1 or BENCH_SKIP_PARSE=1 skip a part; BENCH_CALLGRIND=0 skips callgrind.
+# BENCH_SKIP_SIP=1, BENCH_SKIP_CALLS=1 or BENCH_SKIP_PARSE=1 skip a part; BENCH_CALLGRIND=0
+# skips callgrind; BENCH_CALLS_SERVERS=kamailio,kamailio-lua (say) limits part 3's servers.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -14,6 +18,7 @@ OUT=build/bench
 LIB=build/rel/liblunasip.a
 CC=${CC:-cc}
 QUICK=${BENCH_QUICK:-0}
+if [ "$QUICK" = 1 ]; then sopt="--quick"; else sopt=""; fi
 
 child=""
 cleanup() {
@@ -42,7 +47,7 @@ if [ ! -f "$LIB" ] || [ ! -x ./lunasip ]; then
     exit 1
 fi
 mkdir -p "$OUT"
-rm -f "$OUT/parse.txt" "$OUT/callgrind.txt" "$OUT/options.json" "$OUT/table.txt"
+rm -f "$OUT/parse.txt" "$OUT/callgrind.txt" "$OUT/options.json" "$OUT/calls.json" "$OUT/table.txt"
 start=$(date +%s)
 
 # The RFC 4475 torture set: every file whose MANIFEST rfc column is 4475, valid or not.
@@ -84,9 +89,16 @@ fi
 
 if [ "${BENCH_SKIP_SIP:-0}" != 1 ]; then
     echo "== OPTIONS over UDP: lunasip (Lua) vs Kamailio (sl_send_reply), SIPp, interleaved"
-    if [ "$QUICK" = 1 ]; then sopt="--quick"; else sopt=""; fi
     # shellcheck disable=SC2086
     run python3 bench/sip_bench.py --out "$OUT" --lunasip ./lunasip $sopt
+fi
+
+if [ "${BENCH_SKIP_CALLS:-0}" != 1 ]; then
+    echo "== calls over UDP: lunasip vs Kamailio (record_route; t_relay) and Kamailio app_lua, SIPp uac/uas, interleaved"
+    # A lunasip that cannot proxy a call makes its rows n/a; the Kamailio rows still come.
+    # shellcheck disable=SC2086
+    run python3 bench/sip_bench.py --mode calls --out "$OUT" --lunasip ./lunasip \
+        --servers "${BENCH_CALLS_SERVERS:-lunasip,kamailio,kamailio-lua}" $sopt
 fi
 
 end=$(date +%s)

@@ -8,8 +8,9 @@ case "$1" in
   # luajit2: the OpenResty LuaJIT interpreter busted runs on (--lua=luajit);
   # python3: the integration test driver (standard library only); sip-tester: SIPp.
   test)  want="$build luajit2 lua-busted python3 sip-tester" ;;
-  # kamailio: the comparison peer; libosip2-dev: the parser we measure against.
-  bench) want="$build luajit2 python3 sip-tester kamailio libosip2-dev" ;;
+  # kamailio: the comparison peer, kamailio-lua-modules its app_lua (the call-flow bench);
+  # libosip2-dev: the parser we measure against.
+  bench) want="$build luajit2 python3 sip-tester kamailio kamailio-lua-modules libosip2-dev" ;;
   *) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
 esac
 missing=""
