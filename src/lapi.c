@@ -28,7 +28,7 @@ struct slot {
 };
 
 static struct slot *slots;
-static uint32_t nslots, free_head;
+static uint32_t nslots, slots_cap, free_head;
 static char scratch[128]; /* formatted addresses; Lua copies them at once */
 
 uint32_t lapi_msg_bind(struct sip_msg *m, uint32_t *gen)
@@ -39,10 +39,14 @@ uint32_t lapi_msg_bind(struct sip_msg *m, uint32_t *gen)
     } else {
         if (nslots == 0)
             nslots = 1; /* slot 0 means "no handle" */
-        struct slot *n = realloc(slots, sizeof(*slots) * (nslots + 1));
-        if (!n)
-            return 0;
-        slots = n;
+        if (nslots >= slots_cap) {
+            uint32_t cap = slots_cap ? slots_cap * 2 : 64; /* geometric: no O(n) copy per bind */
+            struct slot *n = realloc(slots, sizeof(*slots) * cap);
+            if (!n)
+                return 0;
+            slots = n;
+            slots_cap = cap;
+        }
         id = nslots++;
         memset(&slots[id], 0, sizeof(slots[id]));
     }

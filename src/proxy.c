@@ -243,6 +243,10 @@ static const struct txn_user_ops server_ops, client_ops;
  * callback running. */
 static void ctx_maybe_free(struct pctx *c)
 {
+    /* Lua is done with the request: its handle goes now, not when the transactions
+     * that linger for retransmissions end (32 s for an INVITE) */
+    if (!c->busy && c->lua_done && !c->handed_over && c->kind == CTX_PROXY && c->req->handle)
+        lapi_msg_unbind(c->req);
     if (c->busy || c->st || c->ct || !c->lua_done || c->queued)
         return;
     if (!c->handed_over) {

@@ -27,6 +27,71 @@ static struct mmsghdr rx_msgs[UDP_BATCH];
 static struct iovec rx_iov[UDP_BATCH];
 static struct sockaddr_storage rx_src[UDP_BATCH];
 
+/* Sends made while a received batch is processed are queued and leave together with
+ * sendmmsg when the batch is done: one syscall, and one chance for the woken peers to
+ * preempt us, instead of one per message (a proxied INVITE sends 100 Trying and the
+ * INVITE; a burst of requests sends a burst of answers). Bounded: a full queue flushes. */
+#define UDP_TX_MAX 64
+#define UDP_TX_BYTES (256 * 1024)
+struct tx_entry {
+    int fd;
+    struct sockaddr_storage dst;
+    socklen_t dstlen;
+    size_t off, len;
+};
+static struct tx_entry tx_q[UDP_TX_MAX];
+static struct mmsghdr tx_msgs[UDP_TX_MAX];
+static struct iovec tx_iov[UDP_TX_MAX];
+static char *tx_buf;
+static size_t tx_n, tx_used;
+static int tx_batching;
+
+static void tx_flush(void)
+{
+    size_t i = 0;
+    while (i < tx_n) {
+        /* one sendmmsg per run of messages on the same socket */
+        size_t j = i;
+        while (j < tx_n && tx_q[j].fd == tx_q[i].fd) {
+            tx_iov[j].iov_base = tx_buf + tx_q[j].off;
+            tx_iov[j].iov_len = tx_q[j].len;
+            memset(&tx_msgs[j], 0, sizeof(tx_msgs[j]));
+            tx_msgs[j].msg_hdr.msg_name = &tx_q[j].dst;
+            tx_msgs[j].msg_hdr.msg_namelen = tx_q[j].dstlen;
+            tx_msgs[j].msg_hdr.msg_iov = &tx_iov[j];
+            tx_msgs[j].msg_hdr.msg_iovlen = 1;
+            j++;
+        }
+        size_t k = i;
+        while (k < j) {
+            int n = sendmmsg(tx_q[k].fd, &tx_msgs[k], (unsigned)(j - k), MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (n == -1) {
+                if (errno == EINTR)
+                    continue;
+                /* this one failed (unreachable, buffer full, ...): count it, send the rest */
+                stats.tx_errors++;
+                k++;
+                continue;
+            }
+            k += (size_t)n;
+        }
+        i = j;
+    }
+    tx_n = 0;
+    tx_used = 0;
+}
+
+void udp_batch_begin(void)
+{
+    tx_batching++;
+}
+
+void udp_batch_end(void)
+{
+    if (--tx_batching == 0 && tx_n)
+        tx_flush();
+}
+
 
 int sockaddr_ip_port(const struct sockaddr *sa, char *ip, size_t iplen, int *port)
 {
@@ -99,6 +164,7 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
                 LOG_WARN("%s: recvmmsg: %s", l->name, strerror(errno));
             return;
         }
+        udp_batch_begin();
         for (int i = 0; i < n; i++) {
             size_t len = msgs[i].msg_len;
             stats.rx_datagrams++;
@@ -114,6 +180,7 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
             }
             rx_cb(l, rx_bufs[i], len, (struct sockaddr *)&src[i], msgs[i].msg_hdr.msg_namelen);
         }
+        udp_batch_end();
         for (int i = 0; i < n; i++)
             msgs[i].msg_hdr.msg_namelen = sizeof(src[i]);
         if (n < UDP_BATCH)
@@ -199,13 +266,37 @@ void udp_stop(struct ev_loop *loop, struct listener *l)
 
 void udp_close(struct ev_loop *loop, struct listener *l)
 {
+    if (tx_n)
+        tx_flush();
     ev_io_stop(loop, &l->io);
     close(l->fd);
     free(l);
+    free(tx_buf); /* allocated again by the next batched send, if any */
+    tx_buf = NULL;
 }
 
 int udp_send(struct listener *l, const struct sockaddr *dst, socklen_t dstlen, const char *buf, size_t len)
 {
+    if (len > 65507)
+        return -EMSGSIZE; /* never fits a datagram: say so now, queued or not */
+    if (tx_batching && dstlen <= sizeof(struct sockaddr_storage)) {
+        if (!tx_buf && !(tx_buf = malloc(UDP_TX_BYTES)))
+            goto direct;
+        if (tx_n == UDP_TX_MAX || tx_used + len > UDP_TX_BYTES)
+            tx_flush();
+        if (len > UDP_TX_BYTES)
+            goto direct;
+        struct tx_entry *e = &tx_q[tx_n++];
+        e->fd = l->fd;
+        memcpy(&e->dst, dst, dstlen);
+        e->dstlen = dstlen;
+        e->off = tx_used;
+        e->len = len;
+        memcpy(tx_buf + tx_used, buf, len);
+        tx_used += len;
+        return 0;
+    }
+direct:
     for (;;) {
         ssize_t n = sendto(l->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL, dst, dstlen);
         if (n >= 0)

@@ -36,8 +36,14 @@ int udp_listen(struct ev_loop *loop, const struct config_listen *cl, int max_siz
 void udp_stop(struct ev_loop *loop, struct listener *l);
 void udp_close(struct ev_loop *loop, struct listener *l);
 
-/* Sends one datagram; never blocks (EAGAIN counts as a failed send). Returns 0 or -errno. */
+/* Sends one datagram; never blocks (EAGAIN counts as a failed send). Returns 0 or -errno.
+ * Between udp_batch_begin and udp_batch_end (the processing of a received batch) the
+ * datagram is queued and sent with the others by one sendmmsg at the end; a failure then
+ * is only counted (stats.tx_errors), as a loss on the network would be. */
 int udp_send(struct listener *l, const struct sockaddr *dst, socklen_t dstlen, const char *buf, size_t len);
+
+void udp_batch_begin(void);
+void udp_batch_end(void);
 
 /* Formats an address as "IP" and port; returns 0 or -1. */
 int sockaddr_ip_port(const struct sockaddr *sa, char *ip, size_t iplen, int *port);
