@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -682,4 +683,35 @@ int lunasip_msg_loose_route(uint32_t h, uint32_t g)
         return LAPI_ENOMEM;
     }
     return strict || consumed ? 1 : 0;
+}
+
+/* req:check_max_forwards(n) (RFC 3261 §16.3 step 3): 0 when Max-Forwards is 0 (the caller
+ * answers 483); else clamps it to n and returns 1. A missing one is written as n and
+ * marked final: that is the value the request leaves with (as §16.6 step 3 adds 70),
+ * where a received one is still decremented by the proxy core. */
+int lunasip_msg_clamp_max_forwards(uint32_t h, uint32_t g, int n)
+{
+    GET_MSG(h, g);
+    if (!m->is_request || n < 1 || n > 255)
+        return LAPI_EINVAL;
+    struct sip_str v;
+    uint64_t u = 256;
+    int absent = first_value(m, SIP_HDR_MAX_FORWARDS, &v) != LAPI_OK;
+    if (!absent) {
+        v = sip_str_trim(v);
+        if (sip_parse_uint(v.s, v.len, 255, &u) != 0)
+            u = 256;
+    }
+    if (u == 0)
+        return 0;
+    if (u > (uint64_t)n) {
+        char buf[8];
+        int len = snprintf(buf, sizeof(buf), "%d", n);
+        struct sip_str nv = { buf, (uint32_t)len };
+        if (sip_msg_hdr_set(m, "Max-Forwards", 12, &nv, 1) < 0)
+            return LAPI_ENOMEM;
+        if (absent)
+            m->max_forwards_final = 1;
+    }
+    return 1;
 }

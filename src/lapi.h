@@ -94,6 +94,8 @@ int lunasip_msg_reply(uint32_t h, uint32_t g, int code, const char *reason, size
 int lunasip_msg_fix_nat(uint32_t h, uint32_t g);
 /* req:destination_myself(): the R-URI host (and port, when given) is one of ours. */
 int lunasip_msg_destination_myself(uint32_t h, uint32_t g);
+/* req:check_max_forwards(n): 0 at Max-Forwards 0, else 1 once it is at most n. */
+int lunasip_msg_clamp_max_forwards(uint32_t h, uint32_t g, int n);
 /* req:loose_route(): 1 when a Route of ours was consumed (RFC 3261 §16.4), 0 when none. */
 int lunasip_msg_loose_route(uint32_t h, uint32_t g);
 /* Whether a URI (bare, no <>) names this lunasip (loose routing, Route checks). */

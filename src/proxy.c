@@ -615,6 +615,19 @@ static int has_option_tag(struct sip_msg *m, enum sip_hdr_id id, const char *tag
     return 0;
 }
 
+/* The Max-Forwards value as it is now (a script may have lowered it), -1 when absent. */
+static int current_max_forwards(struct sip_msg *m)
+{
+    int i = sip_msg_hdr_find_id(m, SIP_HDR_MAX_FORWARDS, 0);
+    if (i < 0)
+        return -1;
+    struct sip_str v = sip_str_trim(sip_msg_hdr_value(m, (uint32_t)i));
+    uint64_t u;
+    if (sip_parse_uint(v.s, v.len, 255, &u) != 0)
+        return m->max_forwards;
+    return (int)u;
+}
+
 /* Edits done once per routing: Max-Forwards (§16.6 step 3) and the upstream Via. */
 static int prepare(struct pctx *c)
 {
@@ -622,16 +635,19 @@ static int prepare(struct pctx *c)
     if (c->prepared)
         return 0;
     c->prepared = 1;
-    if (c->kind == CTX_UAC)
+    if (c->kind == CTX_UAC || m->proxied)
         return 0;
+    m->proxied = 1;
     if (fix_upstream_via(m) < 0)
         return -ENOMEM;
+    if (m->max_forwards_final)
+        return 0; /* the script's check_max_forwards set the outgoing value */
     char mf[16];
-    int n;
-    if (m->max_forwards < 0)
+    int n, cur = current_max_forwards(m);
+    if (cur < 0)
         n = snprintf(mf, sizeof(mf), "%d", PROXY_DEFAULT_MAX_FORWARDS);
     else
-        n = snprintf(mf, sizeof(mf), "%d", m->max_forwards > 0 ? m->max_forwards - 1 : 0);
+        n = snprintf(mf, sizeof(mf), "%d", cur > 0 ? cur - 1 : 0);
     struct sip_str v = { mf, (uint32_t)n };
     return sip_msg_hdr_set(m, "Max-Forwards", 12, &v, 1) < 0 ? -ENOMEM : 0;
 }
@@ -661,16 +677,23 @@ static long build_request(struct pctx *c, struct listener *out_l, const char *br
 {
     struct sip_msg *m = c->req;
     size_t cap = (size_t)m->len + 2048;
-    char *ser = malloc(cap);
-    char *buf = malloc(cap + 1024);
-    if (!ser || !buf) {
-        free(ser);
-        free(buf);
-        return -1;
+    char *ser = NULL, *buf = NULL;
+    long sn = -1;
+    /* the script's edits may have grown the message: retry larger, up to what a datagram
+     * (or a stream message of sip.max_message_size) could ever carry */
+    while (sn < 0 && cap <= 262144) {
+        char *n2 = realloc(ser, cap);
+        if (!n2)
+            break;
+        ser = n2;
+        sn = sip_msg_serialize(m, ser, cap);
+        cap *= 2;
     }
-    long sn = sip_msg_serialize(m, ser, cap);
     const char *eol = sn > 0 ? memchr(ser, '\n', (size_t)sn) : NULL;
-    if (!eol) {
+    if (eol)
+        buf = malloc((size_t)sn + 1024); /* + our Via and up to two Record-Route/Path lines */
+    size_t total = (size_t)sn + 1024;
+    if (!eol || !buf) {
         free(ser);
         free(buf);
         return -1;
@@ -681,7 +704,7 @@ static long build_request(struct pctx *c, struct listener *out_l, const char *br
     size_t n = 0;
     memcpy(buf, ser, start);
     n = start;
-    n += (size_t)snprintf(buf + n, 1024, "Via: SIP/2.0/%s %s;branch=%s\r\n",
+    n += (size_t)snprintf(buf + n, total - n, "Via: SIP/2.0/%s %s;branch=%s\r\n",
                           out_l->transport == SIP_TP_UDP ? "UDP" : "TCP", hp, branch);
     if (wants_rr(c)) {
         /* RFC 3327 §5.2: Path only for a UA that announced support for it */
@@ -689,12 +712,12 @@ static long build_request(struct pctx *c, struct listener *out_l, const char *br
         const char *name = reg ? "Path" : "Record-Route";
         struct listener *in_l = m->listener;
         if (!reg || has_option_tag(m, SIP_HDR_SUPPORTED, "path")) {
-            n += (size_t)snprintf(buf + n, 256, "%s: <sip:%s;transport=%s;lr>\r\n", name, hp,
+            n += (size_t)snprintf(buf + n, total - n, "%s: <sip:%s;transport=%s;lr>\r\n", name, hp,
                                   sip_transport_name(out_l->transport));
             if (in_l && in_l != out_l && (in_l->family != out_l->family || in_l->transport != out_l->transport)) {
                 char ihp[128];
                 local_hostport(in_l, ihp, sizeof(ihp));
-                n += (size_t)snprintf(buf + n, 256, "%s: <sip:%s;transport=%s;lr>\r\n", name, ihp,
+                n += (size_t)snprintf(buf + n, total - n, "%s: <sip:%s;transport=%s;lr>\r\n", name, ihp,
                                       sip_transport_name(in_l->transport));
             }
         }
@@ -1248,9 +1271,9 @@ static void start(struct pctx *c)
     } else if (c->err_status) {
         no_more_targets(c, c->err_status, c->err_reason, c->err_code, NULL);
     } else if (c->kind == CTX_ACK) {
-        if (m->max_forwards != 0)
+        if (m->max_forwards_final || current_max_forwards(m) != 0)
             forward_ack(c);
-    } else if (c->kind == CTX_PROXY && m->max_forwards == 0) {
+    } else if (c->kind == CTX_PROXY && !m->max_forwards_final && current_max_forwards(m) == 0) {
         /* RFC 3261 §16.3 step 3 */
         stats.proxy_too_many_hops++;
         no_more_targets(c, 483, "Too Many Hops", "too_many_hops", NULL);

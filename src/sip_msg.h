@@ -165,6 +165,10 @@ struct sip_msg {
     uint32_t handle;             /* Lua handle slot, 0 = none (see lapi.c) */
     struct txn *txn;             /* requests: the server transaction answering it, set and
                                   * cleared by its transaction user (sip_core.c, proxy.c) */
+    uint8_t max_forwards_final;  /* req:check_max_forwards added the missing Max-Forwards:
+                                  * it leaves as written (the core does not decrement it) */
+    uint8_t proxied;             /* the proxy core made its once-only edits (Max-Forwards,
+                                  * received/rport): a re-routing does not repeat them */
 
     struct sip_msg_arena *arena;
 };

@@ -31,6 +31,7 @@ int lunasip_msg_fix_nat(uint32_t h, uint32_t g);
 int lunasip_msg_destination_myself(uint32_t h, uint32_t g);
 int lunasip_uri_is_local(const char *s, size_t len);
 int lunasip_msg_loose_route(uint32_t h, uint32_t g);
+int lunasip_msg_clamp_max_forwards(uint32_t h, uint32_t g, int n);
 long lunasip_msg_serialize(uint32_t h, uint32_t g, char *buf, size_t cap);
 int lunasip_msg_parse(const char *buf, size_t len, uint32_t *h, uint32_t *g, const char **reason);
 int lunasip_msg_free(uint32_t h, uint32_t g);

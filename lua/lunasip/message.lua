@@ -319,15 +319,16 @@ end
 --- never answered), else clamps to n.
 function methods:check_max_forwards(n)
   if type(n) ~= "number" or n < 1 or n > 255 then error("check_max_forwards: n must be 1..255", 2) end
-  if gone(self) then return nil, "gone" end
-  local mf = self.max_forwards
-  if mf == 0 then
+  local rc = C.lunasip_msg_clamp_max_forwards(self._h, self._g, math.floor(n))
+  if rc == 1 then return true end
+  if rc == 0 then
     -- an ACK never gets a response: it is just not forwarded
     if self.method ~= "ACK" then self:reply(483) end
     return false
   end
-  if not mf or mf > n then self:set_header("Max-Forwards", tostring(math.floor(n))) end
-  return true
+  if rc == core.GONE then return nil, "gone" end
+  if rc == core.EINVAL then error("check_max_forwards: not a request", 2) end
+  return nil, "out of memory"
 end
 
 function methods:fix_nat()

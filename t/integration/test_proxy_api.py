@@ -318,6 +318,25 @@ def test_proxy_api_503_from_single_target_becomes_500(t):
     _no_error_log(t, inst)
 
 
+def test_proxy_api_max_forwards_clamped_by_the_script_is_decremented(t):
+    """Regression: the core decremented the Max-Forwards the request arrived with, undoing
+    the script's req:check_max_forwards(10). A received value is clamped to 10 and then
+    decremented (70 leaves as 9, 5 as 4, 1 as 0); a missing one is added as 10 and leaves
+    as 10, as the 70 of RFC 3261 §16.6 step 3 would."""
+    inst = _inst(t)
+    uac, uas = t.peer(), t.peer()
+    ruri = "sip:bob@%s:%d" % (LO, uas.port)
+    for sent, want in ((70, "9"), (5, "4"), (None, "10"), (1, "0")):
+        opt = request("OPTIONS", ruri, via=(uac.host, uac.port), extra=["X-Case: clamp"], max_forwards=sent)
+        uac.send(opt, inst.addr4)
+        f = _wait_request(uas, "OPTIONS")
+        if t.check(f is not None, "Max-Forwards %s: not forwarded" % sent):
+            t.eq(f.header("Max-Forwards"), want, "Max-Forwards %s: at the callee" % sent)
+            _reply(uas, f, 200, "OK")
+            _until_final(uac, opt)
+    _no_error_log(t, inst)
+
+
 # ------------------------------------------------------------------------ drop_response
 
 def test_proxy_api_drop_response_sends_199_before_the_scripts_answer(t):

@@ -47,6 +47,10 @@ function SipEvents.on_request(req)
   local cid, m = req.call_id, req.method
   local case = req:header("X-Case") or "plain"
   cb("on_request", cid, m, case, VERSION)
+  if case == "clamp" and not req:check_max_forwards(10) then
+    cb("max_forwards_zero", cid, m)
+    return
+  end
   if req:is_in_dialog() then
     cb("loose_route", cid, m, tostring(req:loose_route()))
   end
