@@ -24,14 +24,17 @@
 #include "txn.h"
 #include "udp.h"
 
-#define PROXY_MAX_TARGETS 8
+/* An IP destination is one target. The RFC 3263 lists DNS brings will be allocated per
+ * routing; until then every routing has one target and serial failover happens through
+ * on_failure_response / on_error re-routing. */
+#define PROXY_MAX_TARGETS 1
 #define PROXY_DEFAULT_MAX_FORWARDS 70
 
 struct target {
     enum sip_transport transport;
     struct sockaddr_storage addr;
     socklen_t addrlen;
-    char ip[64];
+    char ip[48];                 /* INET6_ADDRSTRLEN */
     int port;
 };
 
@@ -47,6 +50,7 @@ enum ctx_kind {
 struct pctx {
     uint32_t id;
     enum ctx_kind kind;
+    enum sip_method method;      /* of req, which goes early after a 2xx to an INVITE */
     struct lvm *vm;
     struct sip_msg *req;
     struct txn *st;              /* PROXY: the server transaction (we are its user) */
@@ -222,6 +226,7 @@ static struct pctx *ctx_new(enum ctx_kind kind, struct sip_msg *req, const struc
     c->kind = kind;
     c->events = 0xff;
     c->req = req;
+    c->method = req->method;
     sip_msg_ref(req);
     c->vm = lvm_active ? lvm_active : lvm_current;
     if (c->vm)
@@ -241,21 +246,35 @@ static const struct txn_user_ops server_ops, client_ops;
 
 /* Frees c once nothing can reach it any more: both transactions gone, Lua told, no
  * callback running. */
-static void ctx_maybe_free(struct pctx *c)
+/* Lets go of the request: its Lua handle and the message (the routing may go on
+ * without it, forwarding the 2xx retransmissions of an answered INVITE). */
+static void drop_req(struct pctx *c)
 {
-    /* Lua is done with the request: its handle goes now, not when the transactions
-     * that linger for retransmissions end (32 s for an INVITE) */
-    if (!c->busy && c->lua_done && !c->handed_over && c->kind == CTX_PROXY && c->req->handle)
-        lapi_msg_unbind(c->req);
-    if (c->busy || c->st || c->ct || !c->lua_done || c->queued)
+    if (!c->req)
         return;
-    if (!c->handed_over) {
-        if (c->kind == CTX_PROXY && c->req->handle)
+    if (!c->handed_over && c->kind == CTX_PROXY) {
+        if (c->req->handle)
             lapi_msg_unbind(c->req);
-        if (c->kind == CTX_PROXY && c->req->txn)
-            c->req->txn = NULL;
+        c->req->txn = NULL; /* ours (or none): the message may outlive the transaction */
     }
     sip_msg_unref(c->req);
+    c->req = NULL;
+}
+
+static void ctx_maybe_free(struct pctx *c)
+{
+    /* Lua is done with the request: its handle goes now, and after a 2xx to an INVITE
+     * the message too, not when the transactions that linger for retransmissions end
+     * (Timers L and M: 32 s) */
+    if (!c->busy && c->lua_done && c->req) {
+        if (c->success_seen && c->method == SIP_METHOD_INVITE)
+            drop_req(c);
+        else if (!c->handed_over && c->kind == CTX_PROXY && c->req->handle)
+            lapi_msg_unbind(c->req);
+    }
+    if (c->busy || c->st || c->ct || !c->lua_done || c->queued)
+        return;
+    drop_req(c);
     if (c->vm)
         lvm_unref(c->vm);
     free(c);
@@ -309,7 +328,7 @@ static void release_st(struct pctx *c)
 {
     if (c->st) {
         txn_set_user(c->st, NULL, NULL);
-        if (c->req->txn == c->st)
+        if (c->req && c->req->txn == c->st)
             c->req->txn = NULL;
         c->st = NULL;
     }
@@ -338,11 +357,11 @@ static void ctx_finish(struct pctx *c)
         inflight--;
     }
     /* the request handle is not needed by anyone any more */
-    if (c->kind == CTX_PROXY && c->req->handle && !c->busy && !c->handed_over)
+    if (c->kind == CTX_PROXY && c->req && c->req->handle && !c->busy && !c->handed_over)
         lapi_msg_unbind(c->req);
     /* After a 2xx to an INVITE both transactions stay ours (RFC 6026: later 2xx go
      * upstream); otherwise they finish alone. */
-    if (!(c->success_seen && c->req->method == SIP_METHOD_INVITE)) {
+    if (!(c->success_seen && c->method == SIP_METHOD_INVITE)) {
         release_ct(c);
         release_st(c);
     }
@@ -402,7 +421,8 @@ static void forward_response(struct pctx *c, struct sip_msg *resp, int status)
     }
     if (n > 0 && txn_server_reply(c->st, status, buf, (size_t)n) == 0) {
         if (status >= 200) {
-            lapi_msg_set_state(c->req, LAPI_ST_FINAL);
+            if (c->req)
+                lapi_msg_set_state(c->req, LAPI_ST_FINAL);
             c->final_sent = 1;
         }
     }
@@ -914,7 +934,7 @@ static void on_terminated(void *tu, struct txn *t)
     struct pctx *c = tu;
     if (t == c->st) {
         c->st = NULL;
-        if (c->req->txn == t)
+        if (c->req && c->req->txn == t)
             c->req->txn = NULL;
         if (!c->lua_done && !c->ct && !c->busy) {
             c->final_sent = 1;
@@ -1060,7 +1080,7 @@ static void resolve(struct pctx *c, const char *host, size_t hlen, int port, int
                   v6 ? "no_ipv6" : "no_ipv4");
         return;
     }
-    snprintf(t->ip, sizeof(t->ip), "%.63s", hbuf);
+    snprintf(t->ip, sizeof(t->ip), "%.47s", hbuf);
     c->ntargets = 1;
 }
 
