@@ -222,7 +222,7 @@ int lunasip_msg_int(uint32_t h, uint32_t g, int field, int64_t *out)
 {
     GET_MSG(h, g);
     char ip[64];
-    int port;
+    int port, n;
     struct sip_str v;
     uint64_t u;
     size_t rest;
@@ -240,12 +240,9 @@ int lunasip_msg_int(uint32_t h, uint32_t g, int field, int64_t *out)
         return LAPI_OK;
     case LAPI_I_MAX_FORWARDS:
         /* the current header, so an edit (check_max_forwards) is seen */
-        if (first_value(m, SIP_HDR_MAX_FORWARDS, &v) != LAPI_OK)
+        if ((n = sip_msg_max_forwards(m)) < 0)
             return LAPI_NONE;
-        v = sip_str_trim(v);
-        if (sip_parse_uint(v.s, v.len, 255, &u) != 0)
-            return LAPI_NONE;
-        *out = (int64_t)u;
+        *out = n;
         return LAPI_OK;
     case LAPI_I_SOURCE_PORT:
         if (!m->srclen || sockaddr_ip_port((struct sockaddr *)&m->src, ip, sizeof(ip), &port) != 0)
@@ -497,11 +494,11 @@ int lunasip_msg_fix_nat(uint32_t h, uint32_t g)
         /* answers already on their way keep their destination; later ones go back to the
          * source address and port */
         struct sip_reply_src src;
-        struct txn_dest *d = (struct txn_dest *)txn_dest(m->txn);
+        struct txn_dest d = *txn_dest(m->txn);
         if (sip_reply_src_from_msg(m, &src) == 0) {
             src.force_rport = 1;
-            if (sip_reply_dest(&src, &d->addr, &d->addrlen) != 0)
-                return LAPI_OK;
+            if (sip_reply_dest(&src, &d.addr, &d.addrlen) == 0)
+                txn_set_dest(m->txn, &d);
         }
     }
     return LAPI_OK;
@@ -540,26 +537,27 @@ void lapi_clear_local(void)
     nlocals = 0;
 }
 
-/* Whether a parsed URI names this lunasip: its host is a listener address (and its port,
- * default 5060/5061, that listener's port), the advertised address or a local domain. */
-static int uri_is_local(const struct sip_uri *u)
+int lapi_host_is_local(struct sip_str host, int port)
 {
-    if (u->scheme != SIP_URI_SIP && u->scheme != SIP_URI_SIPS)
-        return 0;
-    struct sip_str host = u->host;
     if (host.len >= 2 && host.s[0] == '[')
         host = (struct sip_str){ host.s + 1, host.len - 2 };
     for (size_t i = 0; i < nlocals; i++) {
         size_t n = strlen(locals[i].host);
         if (n != host.len || strncasecmp(locals[i].host, host.s, n) != 0)
             continue;
-        if (locals[i].port == 0)
-            return 1;
-        int want = u->port ? u->port : (u->scheme == SIP_URI_SIPS ? 5061 : 5060);
-        if (want == locals[i].port)
+        if (locals[i].port == 0 || port == locals[i].port)
             return 1;
     }
     return 0;
+}
+
+/* Whether a parsed URI names this lunasip: its host is a listener address (and its port,
+ * default 5060/5061, that listener's port), the advertised address or a local domain. */
+static int uri_is_local(const struct sip_uri *u)
+{
+    if (u->scheme != SIP_URI_SIP && u->scheme != SIP_URI_SIPS)
+        return 0;
+    return lapi_host_is_local(u->host, u->port ? u->port : (u->scheme == SIP_URI_SIPS ? 5061 : 5060));
 }
 
 int lunasip_msg_destination_myself(uint32_t h, uint32_t g)
@@ -694,17 +692,11 @@ int lunasip_msg_clamp_max_forwards(uint32_t h, uint32_t g, int n)
     GET_MSG(h, g);
     if (!m->is_request || n < 1 || n > 255)
         return LAPI_EINVAL;
-    struct sip_str v;
-    uint64_t u = 256;
-    int absent = first_value(m, SIP_HDR_MAX_FORWARDS, &v) != LAPI_OK;
-    if (!absent) {
-        v = sip_str_trim(v);
-        if (sip_parse_uint(v.s, v.len, 255, &u) != 0)
-            u = 256;
-    }
-    if (u == 0)
+    int cur = sip_msg_max_forwards(m);
+    int absent = cur == -1;
+    if (cur == 0)
         return 0;
-    if (u > (uint64_t)n) {
+    if (cur < 0 || cur > n) {
         char buf[8];
         int len = snprintf(buf, sizeof(buf), "%d", n);
         struct sip_str nv = { buf, (uint32_t)len };

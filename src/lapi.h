@@ -120,6 +120,9 @@ int lunasip_log_enabled(int level);
 int lapi_add_local_address(const char *host, int port);
 int lapi_add_local_domain(const char *domain);
 void lapi_clear_local(void);
+/* Whether host (brackets allowed) and port name this lunasip: a listener address with its
+ * port, the advertised address or a local domain (any port). */
+int lapi_host_is_local(struct sip_str host, int port);
 
 /* ----- Proxy and Uac (SPEC §5.3; src/proxy.c) -----
  *

@@ -233,6 +233,17 @@ unsigned lvm_generation(const struct lvm *vm)
     return vm->gen;
 }
 
+/* lua_pcall in vm with lvm_active naming it for the time of the call (nested calls
+ * restore the outer one). */
+static int vm_pcall(struct lvm *vm, int nargs, int nresults, int errfunc)
+{
+    struct lvm *prev = lvm_active;
+    lvm_active = vm;
+    int rc = lua_pcall(vm->L, nargs, nresults, errfunc);
+    lvm_active = prev;
+    return rc;
+}
+
 /* The coarse clock (a few ms of resolution, no TSC read) is enough to catch a handler
  * slower than 100 ms, and it is read twice per request. */
 static int64_t now_us(void)
@@ -272,11 +283,7 @@ int lvm_system_event(struct lvm *vm, const char *name, const char *arg)
             nargs = 1;
         }
         int64_t t0 = now_us();
-        struct lvm *prev_active = lvm_active;
-        lvm_active = vm;
-        int prc = lua_pcall(L, nargs, 0, -3 - nargs);
-        lvm_active = prev_active;
-        if (prc != 0) {
+        if (vm_pcall(vm, nargs, 0, -3 - nargs) != 0) {
             stats.lua_errors++;
             log_lua_error(what, lua_tostring(L, -1));
             rc = -1;
@@ -304,11 +311,7 @@ int lvm_on_request(struct lvm *vm, struct sip_msg *m)
     lua_pushnumber(L, gen);
     int64_t t0 = now_us();
     int rc = 0;
-    struct lvm *prev_active = lvm_active;
-    lvm_active = vm;
-    int prc = lua_pcall(L, 2, 0, 1);
-    lvm_active = prev_active;
-    if (prc != 0) {
+    if (vm_pcall(vm, 2, 0, 1) != 0) {
         char what[160];
         stats.lua_errors++;
         snprintf(what, sizeof(what), "SipEvents.on_request failed (Call-ID %.*s)",
@@ -349,11 +352,7 @@ int lvm_proxy_event(struct lvm *vm, uint32_t ctx, const struct lvm_proxy_ev *ev,
         nargs += 3;
     }
     int64_t t0 = now_us();
-    struct lvm *prev_active = lvm_active;
-    lvm_active = vm;
-    int prc = lua_pcall(L, nargs, 1, 1);
-    lvm_active = prev_active;
-    if (prc != 0) {
+    if (vm_pcall(vm, nargs, 1, 1) != 0) {
         char what[160];
         stats.lua_errors++;
         if (m)

@@ -18,6 +18,7 @@
 #include "log.h"
 #include "lvm.h"
 #include "sip_msg.h"
+#include "sip_core.h"
 #include "sip_reply.h"
 #include "stats.h"
 #include "timer.h"
@@ -66,7 +67,6 @@ struct pctx {
     int err_status;              /* a failure found when routing was registered */
     const char *err_reason, *err_code;
 
-    uint8_t prepared;            /* Max-Forwards and the upstream Via already edited */
     uint8_t canceled;
     uint8_t final_sent;          /* a final response went upstream (or was given up) */
     uint8_t lua_done;            /* "done" delivered */
@@ -75,6 +75,7 @@ struct pctx {
     uint8_t early;               /* the current branch forwarded a provisional with a To tag */
     uint8_t wants_199;           /* the INVITE announced Supported/Require: 199 */
     uint8_t queued;
+    char loop8[9];               /* PROXY: the loop-detection part of our branches */
     uint8_t in_final_cb;
     uint8_t handed_over;         /* another routing took the request over */
     struct sip_msg *cur_failure; /* the failure being shown to on_failure_response */         /* on_failure_response / on_error running: may re-route */
@@ -166,31 +167,6 @@ void proxy_set_listeners(struct listener *list, const char *adv)
 {
     listeners = list;
     advertised = adv;
-}
-
-int proxy_is_local(const char *host, size_t hlen, int port)
-{
-    if (hlen && host[0] == '[' && host[hlen - 1] == ']') {
-        host++;
-        hlen -= 2;
-    }
-    for (struct listener *l = listeners; l; l = l->next)
-        if (strlen(l->host) == hlen && strncasecmp(l->host, host, hlen) == 0 && (port == 0 || port == l->port))
-            return 1;
-    if (advertised) {
-        size_t al = strlen(advertised);
-        const char *a = advertised;
-        if (al && a[0] == '[' && a[al - 1] == ']') {
-            a++;
-            al -= 2;
-        }
-        if (al == hlen && strncasecmp(a, host, hlen) == 0) {
-            for (struct listener *l = listeners; l; l = l->next)
-                if (port == 0 || port == l->port)
-                    return 1;
-        }
-    }
-    return 0;
 }
 
 /* The listener to send from towards a family: the one the request came on when it fits. */
@@ -375,21 +351,7 @@ static void reply_local(struct pctx *c, int status, const char *reason)
 {
     if (c->kind != CTX_PROXY || !c->st || c->req->method == SIP_METHOD_ACK)
         return;
-    struct sip_reply_src *rs = malloc(sizeof(*rs));
-    if (!rs)
-        return;
-    if (sip_reply_src_from_msg(c->req, rs) == 0) {
-        size_t rlen = reason ? strlen(reason) : 0;
-        size_t cap = sip_reply_size(rs, rlen, 0, 0);
-        char *buf = malloc(cap);
-        if (buf) {
-            long n = sip_reply_build(rs, status, reason, rlen, NULL, 0, NULL, 0, buf, cap);
-            if (n > 0 && txn_server_reply(c->st, status, buf, (size_t)n) == 0 && status >= 200)
-                lapi_msg_set_state(c->req, LAPI_ST_FINAL);
-            free(buf);
-        }
-    }
-    free(rs);
+    sip_core_reply(c->req, c->st, status, reason, NULL, 0);
     if (status >= 200)
         c->final_sent = 1;
 }
@@ -515,23 +477,31 @@ static void no_more_targets(struct pctx *c, int status, const char *reason, cons
 /* RFC 3261 §16.6 step 8 / §16.3 step 4: the loop-detection part of our branch, a hash of
  * what identifies this request as it arrived (the top Via excluded: it is ours when a
  * request comes back). */
+/* FNV-1a over one field, then a separator so adjacent fields cannot trade bytes. */
+static uint64_t fnv(uint64_t h, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 0x100000001b3ULL;
+    }
+    h ^= 0xff;
+    return h * 0x100000001b3ULL;
+}
+#define FNV_INIT 0xcbf29ce484222325ULL
+
 static uint32_t loop_hash(struct sip_msg *m)
 {
-    uint64_t h = 0xcbf29ce484222325ULL;
-#define MIX(s, n) do { for (size_t i_ = 0; i_ < (n); i_++) { h ^= (unsigned char)(s)[i_]; h *= 0x100000001b3ULL; } h ^= 0xff; h *= 0x100000001b3ULL; } while (0)
-    MIX(m->ruri_str.s, m->ruri_str.len);
-    MIX(m->from.tag.s, m->from.tag.len);
-    MIX(m->to.tag.s, m->to.tag.len);
-    MIX(m->call_id.s, m->call_id.len);
-    char cs[16];
-    int n = snprintf(cs, sizeof(cs), "%u", m->cseq);
-    MIX(cs, (size_t)n);
+    uint64_t h = FNV_INIT;
+    h = fnv(h, m->ruri_str.s, m->ruri_str.len);
+    h = fnv(h, m->from.tag.s, m->from.tag.len);
+    h = fnv(h, m->to.tag.s, m->to.tag.len);
+    h = fnv(h, m->call_id.s, m->call_id.len);
+    h = fnv(h, (const char *)&m->cseq, sizeof(m->cseq));
     for (uint32_t i = 0; i < m->nhdrs; i++) {
         const struct sip_hdr *hd = &m->hdrs[i];
         if (hd->id == SIP_HDR_PROXY_REQUIRE || hd->id == SIP_HDR_PROXY_AUTHORIZATION)
-            MIX(hd->value.s, hd->value.len);
+            h = fnv(h, hd->value.s, hd->value.len);
     }
-#undef MIX
     return (uint32_t)(h ^ (h >> 32));
 }
 
@@ -545,7 +515,7 @@ static int is_loop(struct sip_msg *m, const char *hash8)
             struct sip_via via;
             if (sip_via_parse(item.s, item.len, &via) != 0 || via.branch.len < 9)
                 continue;
-            if (!proxy_is_local(via.host.s, via.host.len, via.port ? via.port : 5060))
+            if (!lapi_host_is_local(via.host, via.port ? via.port : 5060))
                 continue;
             if (memcmp(via.branch.s + via.branch.len - 8, hash8, 8) == 0 && via.branch.s[via.branch.len - 9] == '.')
                 return 1;
@@ -635,35 +605,21 @@ static int has_option_tag(struct sip_msg *m, enum sip_hdr_id id, const char *tag
     return 0;
 }
 
-/* The Max-Forwards value as it is now (a script may have lowered it), -1 when absent. */
-static int current_max_forwards(struct sip_msg *m)
-{
-    int i = sip_msg_hdr_find_id(m, SIP_HDR_MAX_FORWARDS, 0);
-    if (i < 0)
-        return -1;
-    struct sip_str v = sip_str_trim(sip_msg_hdr_value(m, (uint32_t)i));
-    uint64_t u;
-    if (sip_parse_uint(v.s, v.len, 255, &u) != 0)
-        return m->max_forwards;
-    return (int)u;
-}
-
 /* Edits done once per routing: Max-Forwards (§16.6 step 3) and the upstream Via. */
 static int prepare(struct pctx *c)
 {
     struct sip_msg *m = c->req;
-    if (c->prepared)
-        return 0;
-    c->prepared = 1;
-    if (c->kind == CTX_UAC || m->proxied)
+    if (m->proxied)
         return 0;
     m->proxied = 1;
+    if (c->kind == CTX_UAC)
+        return 0;
     if (fix_upstream_via(m) < 0)
         return -ENOMEM;
     if (m->max_forwards_final)
         return 0; /* the script's check_max_forwards set the outgoing value */
     char mf[16];
-    int n, cur = current_max_forwards(m);
+    int n, cur = sip_msg_max_forwards(m);
     if (cur < 0)
         n = snprintf(mf, sizeof(mf), "%d", PROXY_DEFAULT_MAX_FORWARDS);
     else
@@ -759,9 +715,7 @@ static int send_to(struct pctx *c, const struct target *t)
         return rc;
     char branch[TXN_BRANCH_MAX + 1];
     if (c->kind == CTX_PROXY) {
-        char h8[9];
-        snprintf(h8, sizeof(h8), "%08x", loop_hash(c->req));
-        txn_branch_new(branch, h8, 8);
+        txn_branch_new(branch, c->loop8, 8);
     } else {
         txn_branch_new(branch, NULL, 0);
     }
@@ -1058,17 +1012,7 @@ static void resolve(struct pctx *c, const char *host, size_t hlen, int port, int
     memset(t, 0, sizeof(*t));
     t->transport = (enum sip_transport)tp;
     t->port = port;
-    struct sockaddr_in *s4 = (struct sockaddr_in *)&t->addr;
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&t->addr;
-    if (inet_pton(AF_INET, hbuf, &s4->sin_addr) == 1) {
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons((uint16_t)port);
-        t->addrlen = sizeof(*s4);
-    } else if (inet_pton(AF_INET6, hbuf, &s6->sin6_addr) == 1) {
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons((uint16_t)port);
-        t->addrlen = sizeof(*s6);
-    } else {
+    if (sockaddr_from_ip((struct sip_str){ host, (uint32_t)hlen }, port, &t->addr, &t->addrlen) != 0) {
         LOG_NOTICE("cannot route to '%s': DNS resolution is not available in this lunasip yet; "
                    "route to an IP address", hbuf);
         set_error(c, 478, "Destination Requires DNS", "no_dns");
@@ -1261,16 +1205,8 @@ static void forward_ack(struct pctx *c)
     struct listener *out_l = listener_for(t->addr.ss_family, c->req->listener);
     if (!out_l || prepare(c) != 0)
         return;
-    uint64_t h = 0xcbf29ce484222325ULL;
-    const struct sip_str b = c->req->via1.branch;
-    for (uint32_t i = 0; i < b.len; i++) {
-        h ^= (unsigned char)b.s[i];
-        h *= 0x100000001b3ULL;
-    }
-    for (uint32_t i = 0; i < c->req->call_id.len; i++) {
-        h ^= (unsigned char)c->req->call_id.s[i];
-        h *= 0x100000001b3ULL;
-    }
+    uint64_t h = fnv(fnv(FNV_INIT, c->req->via1.branch.s, c->req->via1.branch.len), c->req->call_id.s,
+                     c->req->call_id.len);
     char branch[40];
     snprintf(branch, sizeof(branch), "z9hG4bKsl%016llx", (unsigned long long)h);
     char *buf = NULL;
@@ -1291,17 +1227,16 @@ static void start(struct pctx *c)
     } else if (c->err_status) {
         no_more_targets(c, c->err_status, c->err_reason, c->err_code, NULL);
     } else if (c->kind == CTX_ACK) {
-        if (m->max_forwards_final || current_max_forwards(m) != 0)
+        if (m->max_forwards_final || sip_msg_max_forwards(m) != 0)
             forward_ack(c);
-    } else if (c->kind == CTX_PROXY && !m->max_forwards_final && current_max_forwards(m) == 0) {
+    } else if (c->kind == CTX_PROXY && !m->max_forwards_final && sip_msg_max_forwards(m) == 0) {
         /* RFC 3261 §16.3 step 3 */
         stats.proxy_too_many_hops++;
         no_more_targets(c, 483, "Too Many Hops", "too_many_hops", NULL);
     } else {
         if (c->kind == CTX_PROXY) {
-            char h8[9];
-            snprintf(h8, sizeof(h8), "%08x", loop_hash(m));
-            if (is_loop(m, h8)) {
+            snprintf(c->loop8, sizeof(c->loop8), "%08x", loop_hash(m));
+            if (is_loop(m, c->loop8)) {
                 stats.proxy_loops++;
                 no_more_targets(c, 482, "Loop Detected", "loop_detected", NULL);
                 goto out;
@@ -1341,23 +1276,15 @@ void proxy_run_pending(void)
 
 void proxy_on_cancel(struct txn *inv, struct sip_msg *cancel)
 {
-    struct pctx *c = txn_user(inv);
     stats.proxy_cancels++;
-    if (!c || txn_user(inv) == NULL || c->kind != CTX_PROXY || c->st != inv) {
+    if (txn_user_ops(inv) != &server_ops) {
         /* not being routed: nobody else will answer the INVITE */
         struct sip_msg *req = txn_request(inv);
-        if (req && !(lapi_msg_state(req) & LAPI_ST_FINAL) && txn_status(inv) < 200) {
-            struct sip_reply_src *rs = malloc(sizeof(*rs));
-            if (rs && sip_reply_src_from_msg(req, rs) == 0) {
-                char buf[4096];
-                long n = sip_reply_build(rs, 487, NULL, 0, NULL, 0, NULL, 0, buf, sizeof(buf));
-                if (n > 0 && txn_server_reply(inv, 487, buf, (size_t)n) == 0)
-                    lapi_msg_set_state(req, LAPI_ST_FINAL);
-            }
-            free(rs);
-        }
+        if (req && !(lapi_msg_state(req) & LAPI_ST_FINAL) && txn_status(inv) < 200)
+            sip_core_reply(req, inv, 487, NULL, NULL, 0);
         return;
     }
+    struct pctx *c = txn_user(inv);
     if (c->canceled || c->final_sent)
         return;
     c->canceled = 1;
@@ -1407,7 +1334,7 @@ void proxy_on_stray_response(struct sip_msg *resp)
 {
     const struct sip_via *v = &resp->via1;
     if (resp->status == 100 || resp->nvia < 2 || !branch_is_ours(v->branch) ||
-        !proxy_is_local(v->host.s, v->host.len, v->port ? v->port : 5060)) {
+        !lapi_host_is_local(v->host, v->port ? v->port : 5060)) {
         stats.rx_responses_dropped++;
         LOG_DEBUG("dropped a %d response matching no transaction, Call-ID %.*s", resp->status,
                   (int)resp->call_id.len, resp->call_id.s);
@@ -1431,31 +1358,10 @@ void proxy_on_stray_response(struct sip_msg *resp)
         if (sip_parse_uint(via.rport.s, via.rport.len, 65535, &rp) == 0 && rp)
             port = (int)rp;
     }
-    char hbuf[128];
-    if (host.len >= 2 && host.s[0] == '[') {
-        host.s++;
-        host.len -= 2;
-    }
-    if (host.len == 0 || host.len >= sizeof(hbuf))
-        return;
-    memcpy(hbuf, host.s, host.len);
-    hbuf[host.len] = 0;
     struct sockaddr_storage dst;
     socklen_t dlen;
-    memset(&dst, 0, sizeof(dst));
-    struct sockaddr_in *s4 = (struct sockaddr_in *)&dst;
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&dst;
-    if (inet_pton(AF_INET, hbuf, &s4->sin_addr) == 1) {
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons((uint16_t)port);
-        dlen = sizeof(*s4);
-    } else if (inet_pton(AF_INET6, hbuf, &s6->sin6_addr) == 1) {
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons((uint16_t)port);
-        dlen = sizeof(*s6);
-    } else {
+    if (sockaddr_from_ip(host, port, &dst, &dlen) != 0)
         return; /* a name: no DNS yet */
-    }
     struct listener *l = listener_for(dst.ss_family, resp->listener);
     if (!l)
         return;

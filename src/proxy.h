@@ -36,9 +36,6 @@ void proxy_on_cancel(struct txn *inv, struct sip_msg *cancel);
  * proxy"): forwarded by its second Via when the top Via is ours, else dropped. */
 void proxy_on_stray_response(struct sip_msg *resp);
 
-/* Whether host:port names one of our listeners or local domains (Via sent-by checks). */
-int proxy_is_local(const char *host, size_t hlen, int port);
-
 /* A final answer of the script's own is about to go out for req: when it answers from
  * on_failure_response, the 199 of the early dialog that failure ends goes first. */
 void proxy_before_local_final(struct sip_msg *req);

@@ -5,6 +5,7 @@
  * and the hand-off to SipEvents.on_request with a 500 when the handler fails. */
 #include "sip_core.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,28 +55,46 @@ static void refuse(struct listener *l, const char *buf, size_t len, const struct
              (int)(rs.call_id.len > 80 ? 80 : rs.call_id.len), rs.call_id.s);
 }
 
-/* Answers m: through its server transaction when it has one (so a retransmission gets
- * the same answer), else statelessly. */
+/* One reply source for every answer the core builds: sip_reply_src is large (it can hold
+ * every Via) and filling it calls back into nothing, so one static copy serves. */
+static struct sip_reply_src reply_src;
+
+int sip_core_reply(struct sip_msg *req, struct txn *st, int code, const char *reason, const char *extra,
+                   size_t elen)
+{
+    if (sip_reply_src_from_msg(req, &reply_src) != 0) {
+        stats.rx_dropped++;
+        return -EINVAL;
+    }
+    if (!st)
+        return sip_reply_simple(&reply_src, code, reason, extra, elen);
+    size_t rlen = reason ? strlen(reason) : 0;
+    char stackbuf[4096];
+    size_t cap = sip_reply_size(&reply_src, rlen, elen, 0);
+    char *buf = cap <= sizeof(stackbuf) ? stackbuf : malloc(cap);
+    long n = buf ? sip_reply_build(&reply_src, code, reason, rlen, extra, elen, NULL, 0, buf, cap) : -1;
+    int rc = n > 0 ? txn_server_reply(st, code, buf, (size_t)n) : -ENOMEM;
+    if (rc == 0 && code >= 200)
+        lapi_msg_set_state(req, LAPI_ST_FINAL);
+    if (buf != stackbuf)
+        free(buf);
+    return rc;
+}
+
+/* Where responses to m go (RFC 3261 §18.2.2, RFC 3581), for its server transaction. */
+static int reply_dest(struct sip_msg *m, struct txn_dest *d)
+{
+    memset(d, 0, sizeof(*d));
+    d->l = m->listener;
+    d->transport = m->transport;
+    if (sip_reply_src_from_msg(m, &reply_src) != 0)
+        return -EINVAL;
+    return sip_reply_dest(&reply_src, &d->addr, &d->addrlen);
+}
+
 static void reply_core(struct sip_msg *m, int code, const char *reason, const char *extra, size_t elen)
 {
-    struct sip_reply_src *rs = malloc(sizeof(*rs));
-    if (!rs || sip_reply_src_from_msg(m, rs) != 0) {
-        free(rs);
-        stats.rx_dropped++;
-        return;
-    }
-    if (!m->txn) {
-        sip_reply_simple(rs, code, reason, extra, elen);
-    } else {
-        size_t rlen = reason ? strlen(reason) : 0;
-        size_t cap = sip_reply_size(rs, rlen, elen, 0);
-        char *buf = malloc(cap);
-        long n = buf ? sip_reply_build(rs, code, reason, rlen, extra, elen, NULL, 0, buf, cap) : -1;
-        if (n > 0 && txn_server_reply(m->txn, code, buf, (size_t)n) == 0 && code >= 200)
-            lapi_msg_set_state(m, LAPI_ST_FINAL);
-        free(buf);
-    }
-    free(rs);
+    sip_core_reply(m, m->txn, code, reason, extra, elen);
 }
 
 /* The core is the user of a server transaction until a proxy routing takes it over:
@@ -184,23 +203,12 @@ static void on_cancel(struct sip_msg *m)
         reply_core(m, 481, NULL, NULL, 0);
         return;
     }
-    struct sip_reply_src *rs = malloc(sizeof(*rs));
-    if (!rs)
-        return;
     struct txn_dest d;
-    memset(&d, 0, sizeof(d));
-    d.l = m->listener;
-    d.transport = m->transport;
-    if (sip_reply_src_from_msg(m, rs) == 0 && sip_reply_dest(rs, &d.addr, &d.addrlen) == 0) {
+    if (reply_dest(m, &d) == 0) {
         struct txn *st = txn_server_create(m, &d, NULL, NULL);
-        if (st) {
-            char buf[4096];
-            long n = sip_reply_build(rs, 200, NULL, 0, NULL, 0, NULL, 0, buf, sizeof(buf));
-            if (n > 0)
-                txn_server_reply(st, 200, buf, (size_t)n);
-        }
+        if (st)
+            sip_core_reply(m, st, 200, NULL, NULL, 0);
     }
-    free(rs);
     proxy_on_cancel(inv, m);
 }
 
@@ -248,17 +256,11 @@ static void on_request(struct sip_msg *m)
     }
 
     /* the server transaction (RFC 3261 §17.2), answering from where §18.2.2 says */
-    struct sip_reply_src *rs = malloc(sizeof(*rs));
     struct txn_dest d;
-    memset(&d, 0, sizeof(d));
-    d.l = m->listener;
-    d.transport = m->transport;
-    if (!rs || sip_reply_src_from_msg(m, rs) != 0 || sip_reply_dest(rs, &d.addr, &d.addrlen) != 0) {
-        free(rs);
+    if (reply_dest(m, &d) != 0) {
         stats.rx_dropped++;
         return;
     }
-    free(rs);
     uint32_t gen;
     if (!lapi_msg_bind(m, &gen)) {
         stats.rx_dropped++;

@@ -8,6 +8,16 @@
 
 struct listener;
 
+struct sip_msg;
+struct txn;
+
+/* Answers req with a response of lunasip's own (status line, copied Vias, From, To with
+ * our tag, Call-ID, CSeq, extra header lines): through st when given, so retransmissions
+ * get it again, else statelessly. A final answer marks req answered for Lua. Returns 0
+ * or a negative errno. */
+int sip_core_reply(struct sip_msg *req, struct txn *st, int code, const char *reason, const char *extra,
+                   size_t elen);
+
 /* Set during a graceful shutdown: new requests are answered 503. */
 extern int sip_core_draining;
 

@@ -1425,3 +1425,16 @@ int sip_msg_hdr_delete_top_value(struct sip_msg *m, const char *name, size_t nle
     }
     return sip_msg_hdr_delete(m, name, nlen, 1);
 }
+
+/* See sip_msg.h. */
+int sip_msg_max_forwards(struct sip_msg *m)
+{
+    int i = sip_msg_hdr_find_id(m, SIP_HDR_MAX_FORWARDS, 0);
+    if (i < 0)
+        return -1;
+    struct sip_str v = sip_str_trim(sip_msg_hdr_value(m, (uint32_t)i));
+    uint64_t u;
+    if (sip_parse_uint(v.s, v.len, 255, &u) != 0)
+        return -2;
+    return (int)u;
+}

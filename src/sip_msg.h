@@ -213,6 +213,10 @@ int sip_msg_hdr_find_id(const struct sip_msg *m, enum sip_hdr_id id, uint32_t fr
  * the arena, so the result stays valid as long as the message). */
 struct sip_str sip_msg_hdr_value(struct sip_msg *m, uint32_t i);
 
+/* The current Max-Forwards value (edits included): 0..255, -1 when absent, -2 when the
+ * value is not a number. m->max_forwards keeps the value as received. */
+int sip_msg_max_forwards(struct sip_msg *m);
+
 /* Edits (recorded, applied by sip_msg_serialize; reads see them at once).
  * Values are copied into the message arena. Return 0 or -ENOMEM/-EINVAL (bad name/value:
  * names must be tokens, values must not contain CR or LF). */

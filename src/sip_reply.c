@@ -453,34 +453,6 @@ long sip_reply_build(const struct sip_reply_src *s, int code, const char *reason
     return o.overflow ? -1 : (long)o.len;
 }
 
-/* A literal IPv4/IPv6 address (brackets allowed) into sa with the given port. */
-static int literal_addr(struct sip_str host, int port, struct sockaddr_storage *sa, socklen_t *salen)
-{
-    char tmp[64];
-    if (host.len >= 2 && host.s[0] == '[')
-        host = (struct sip_str){ host.s + 1, host.len - 2 };
-    if (host.len == 0 || host.len >= sizeof(tmp))
-        return -1;
-    memcpy(tmp, host.s, host.len);
-    tmp[host.len] = 0;
-    memset(sa, 0, sizeof(*sa));
-    struct sockaddr_in *s4 = (struct sockaddr_in *)sa;
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)sa;
-    if (inet_pton(AF_INET, tmp, &s4->sin_addr) == 1) {
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons((uint16_t)port);
-        *salen = sizeof(*s4);
-        return 0;
-    }
-    if (inet_pton(AF_INET6, tmp, &s6->sin6_addr) == 1) {
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons((uint16_t)port);
-        *salen = sizeof(*s6);
-        return 0;
-    }
-    return -1;
-}
-
 /* Destinations lunasip never sends to: unspecified, broadcast (RFC 4475 §3.3.10), port 0. */
 static int forbidden_dst(const struct sockaddr_storage *sa)
 {
@@ -502,7 +474,7 @@ int sip_reply_dest(const struct sip_reply_src *s, struct sockaddr_storage *dst, 
         /* RFC 3581 §4: back to the source IP and port the request came from */
         memcpy(dst, s->src, s->srclen);
         *dstlen = s->srclen;
-    } else if (v->maddr.len && literal_addr(v->maddr, port, dst, dstlen) == 0) {
+    } else if (v->maddr.len && sockaddr_from_ip(v->maddr, port, dst, dstlen) == 0) {
         /* RFC 3261 §18.2.2: maddr wins over the source address */
     } else {
         /* the received address (the source) with the sent-by port */

@@ -1258,6 +1258,16 @@ void *txn_user(const struct txn *t)
     return t->tu;
 }
 
+void txn_set_dest(struct txn *t, const struct txn_dest *d)
+{
+    t->dest = *d;
+}
+
+const struct txn_user_ops *txn_user_ops(const struct txn *t)
+{
+    return t->ops;
+}
+
 size_t txn_count(enum txn_kind k)
 {
     return (unsigned)k < 4 ? live[k] : 0;

@@ -175,8 +175,12 @@ int txn_status(const struct txn *t);
 struct sip_str txn_branch(const struct txn *t);
 /* Client: where it sends. Server: where responses go. */
 const struct txn_dest *txn_dest(const struct txn *t);
+/* Changes where a transaction sends from now on (req:fix_nat on a server transaction). */
+void txn_set_dest(struct txn *t, const struct txn_dest *d);
 void txn_set_user(struct txn *t, const struct txn_user_ops *ops, void *tu);
 void *txn_user(const struct txn *t);
+/* The ops given with the user: which kind of user tu is. */
+const struct txn_user_ops *txn_user_ops(const struct txn *t);
 
 /* Counters of live transactions per kind (stats, tests). */
 size_t txn_count(enum txn_kind k);

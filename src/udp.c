@@ -148,6 +148,34 @@ static int ensure_buffers(int max_size)
     return 0;
 }
 
+/* See udp.h. */
+int sockaddr_from_ip(struct sip_str host, int port, struct sockaddr_storage *sa, socklen_t *salen)
+{
+    char tmp[64];
+    if (host.len >= 2 && host.s[0] == '[')
+        host = (struct sip_str){ host.s + 1, host.len - 2 };
+    if (host.len == 0 || host.len >= sizeof(tmp))
+        return -1;
+    memcpy(tmp, host.s, host.len);
+    tmp[host.len] = 0;
+    memset(sa, 0, sizeof(*sa));
+    struct sockaddr_in *s4 = (struct sockaddr_in *)sa;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)sa;
+    if (inet_pton(AF_INET, tmp, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        *salen = sizeof(*s4);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, tmp, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        *salen = sizeof(*s6);
+        return 0;
+    }
+    return -1;
+}
+
 /* Drains the socket in batches; each datagram is handed to the callback, oversized and
  * truncated ones are dropped and counted. Stops at EAGAIN or after a bounded number of
  * batches so one busy socket cannot starve the others. */

@@ -45,6 +45,10 @@ int udp_send(struct listener *l, const struct sockaddr *dst, socklen_t dstlen, c
 void udp_batch_begin(void);
 void udp_batch_end(void);
 
+/* Fills sa from an IP literal (IPv6 with or without brackets) and a port. Returns 0, or
+ * -1 when host is not an IP address (a name, or garbage). */
+int sockaddr_from_ip(struct sip_str host, int port, struct sockaddr_storage *sa, socklen_t *salen);
+
 /* Formats an address as "IP" and port; returns 0 or -1. */
 int sockaddr_ip_port(const struct sockaddr *sa, char *ip, size_t iplen, int *port);
 
