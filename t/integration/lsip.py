@@ -689,3 +689,91 @@ def wait_udp_bound(port, host="127.0.0.1", timeout=5.0):
             return True
         time.sleep(0.02)
     return udp_bound(port, host)
+
+
+# ------------------------------------------------------- raw-peer helpers of the proxy tests
+
+def split_commas(value):
+    """A header value split at the commas outside quotes, each element stripped."""
+    out, cur, q = [], "", False
+    for ch in value:
+        if ch == '"':
+            q = not q
+        if ch == "," and not q:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        out.append(cur.strip())
+    return out
+
+
+def header_values(msg, name):
+    """Every value of a header in msg, comma-separated lists and rows flattened."""
+    return [v for row in msg.header_all(name) for v in split_commas(row)]
+
+
+def no_error_log(t, inst, what=""):
+    """Fails t when inst's log has an ERROR line or a Lua traceback."""
+    bad = [ln for ln in inst.log().splitlines() if re.search(r"\bERROR\b|traceback", ln)]
+    t.check(not bad, "%s%s: ERROR lines in the log:\n      %s" % (what, inst.name, "\n      ".join(bad[:8])))
+
+
+def wait_request(peer, method, timeout=3.0):
+    """The first request method reaching a raw peer within timeout (others go to peer.strays)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        r = peer.recv(end - time.monotonic())
+        if r is None:
+            return None
+        m = Response(r[0], r[1])
+        if not m.is_response and m.start.startswith(method + " "):
+            return m
+        peer.strays.append(r)
+    return None
+
+
+def requests(peer, timeout=1.0, method=None):
+    """Requests (of method, when given) reaching a raw peer within timeout, parsed; the
+    responses go to peer.strays."""
+    out = []
+    for data, addr in peer.drain(timeout):
+        m = Response(data, addr)
+        if m.is_response:
+            peer.strays.append((data, addr))
+        elif method is None or m.start.startswith(method + " "):
+            out.append(m)
+    return out
+
+
+def responses(peer, msg, timeout, cseq_method=None):
+    """Every response to msg (Call-ID, CSeq number[, CSeq method]) reaching peer within timeout."""
+    out = []
+    for data, addr in peer.drain(timeout):
+        r = Response(data, addr)
+        cs = (r.header("CSeq") or "").split()
+        if (r.is_response and r.header("Call-ID") == msg.call_id and cs[:1] == [str(msg.cseq)]
+                and (cseq_method is None or cs[1:2] == [cseq_method])):
+            out.append(r)
+        else:
+            peer.strays.append((data, addr))
+    return out
+
+
+def uas_reply(peer, req, code, reason, to_tag="uas-tag", extra=(), record_route=False, vias=None):
+    """A raw UAS answers req (to where it came from), copying its Vias (or the given ones)."""
+    lines = ["SIP/2.0 %d %s" % (code, reason)]
+    lines += ["Via: " + v for v in (vias if vias is not None else req.header_all("Via"))]
+    if record_route:
+        lines += ["Record-Route: " + v for v in req.header_all("Record-Route")]
+    lines.append("From: " + req.header("From"))
+    to = req.header("To")
+    lines.append("To: " + (to if tag_of(to) or code == 100 else "%s;tag=%s" % (to, to_tag)))
+    lines.append("Call-ID: " + req.header("Call-ID"))
+    lines.append("CSeq: " + req.header("CSeq"))
+    lines += list(extra)
+    lines.append("Content-Length: 0")
+    data = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    peer.send(data, req.addr)
+    return data

@@ -8,6 +8,7 @@ with t/integration/proxy/proxies.conf (timer_B = 2, timer_F = 2, timer_C = 3). T
 sends to lunasip with -rsa while its positional target, and so the R-URI, is the UAS. The
 SIPp scenario pairs (sipp/proxy_*.xml) pass directly UAC → UAS, without lunasip:
 t/integration/proxy/check_scenarios.py runs them so."""
+import functools
 import os
 import re
 import signal
@@ -100,31 +101,21 @@ def _check_target(t, lines, method, port, what):
         t.eq(" ".join(tg[0][3:]).lower(), "udp %s %d" % (LO, port), "%s: on_target(target) transport ip port" % what)
 
 
-def _no_error_log(t, inst, what=""):
-    bad = [ln for ln in inst.log().splitlines() if re.search(r"\bERROR\b", ln)]
-    t.check(not bad, "%s%s: ERROR lines in the log:\n      %s" % (what, inst.name, "\n      ".join(bad[:8])))
+_VIA1 = re.compile(r"^SIP\s*/\s*2\.0\s*/\s*(\w+)\s+([^\s;:]+)(?::(\d+))?\s*(;.*)?$", re.I)
 
 
-def _split_commas(value):
-    out, cur, q = [], "", False
-    for ch in value:
-        if ch == '"':
-            q = not q
-        if ch == "," and not q:
-            out.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    if cur.strip():
-        out.append(cur.strip())
-    return out
+_no_error_log = lsip.no_error_log
+_requests = lsip.requests
+_wait_request = lsip.wait_request
+_reply = functools.partial(lsip.uas_reply, to_tag="uas-tag-1")
+
+
+def _responses(peer, msg, timeout):
+    return lsip.responses(peer, msg, timeout)
 
 
 def _vias(msg):
-    return [v for line in msg.header_all("Via") for v in _split_commas(line)]
-
-
-_VIA1 = re.compile(r"^SIP\s*/\s*2\.0\s*/\s*(\w+)\s+([^\s;:]+)(?::(\d+))?\s*(;.*)?$", re.I)
+    return lsip.header_values(msg, "Via")
 
 
 def _via(value):
@@ -241,62 +232,6 @@ def _call_id(run):
 
 
 # raw peers
-
-def _requests(peer, timeout=1.0, method=None):
-    """Requests that reach a raw peer within timeout (parsed); responses go to peer.strays."""
-    out = []
-    for data, addr in peer.drain(timeout):
-        m = lsip.Response(data, addr)
-        if m.is_response:
-            peer.strays.append((data, addr))
-        elif method is None or m.start.startswith(method + " "):
-            out.append(m)
-    return out
-
-
-def _wait_request(peer, method, timeout=3.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        r = peer.recv(end - time.monotonic())
-        if r is None:
-            return None
-        m = lsip.Response(r[0], r[1])
-        if not m.is_response and m.start.startswith(method + " "):
-            return m
-        peer.strays.append(r)
-    return None
-
-
-def _reply(peer, req, code, reason, to_tag="uas-tag-1", extra=(), record_route=False):
-    """Answers a request a raw UAS received (to where it came from), copying its Vias."""
-    lines = ["SIP/2.0 %d %s" % (code, reason)]
-    lines += ["Via: " + v for v in req.header_all("Via")]
-    if record_route:
-        lines += ["Record-Route: " + v for v in req.header_all("Record-Route")]
-    lines.append("From: " + req.header("From"))
-    to = req.header("To")
-    lines.append("To: " + (to if lsip.tag_of(to) or code == 100 else "%s;tag=%s" % (to, to_tag)))
-    lines.append("Call-ID: " + req.header("Call-ID"))
-    lines.append("CSeq: " + req.header("CSeq"))
-    lines += list(extra)
-    lines.append("Content-Length: 0")
-    data = ("\r\n".join(lines) + "\r\n\r\n").encode()
-    peer.send(data, req.addr)
-    return data
-
-
-def _responses(peer, msg, timeout):
-    """Every response to msg (Call-ID, CSeq number) that reaches peer within timeout."""
-    out = []
-    for data, addr in peer.drain(timeout):
-        r = lsip.Response(data, addr)
-        cs = (r.header("CSeq") or "").split()
-        if r.is_response and r.header("Call-ID") == msg.call_id and cs[:1] == [str(msg.cseq)]:
-            out.append(r)
-        else:
-            peer.strays.append((data, addr))
-    return out
-
 
 def _final(peer, msg, timeout=3.0):
     """(provisionals, first final) to msg within timeout."""

@@ -45,6 +45,21 @@ def _inst(t, ipv6=False, **kw):
     return t.instance(_script(**kw), ipv6=ipv6, proxies=_proxies(), conf_extra="core.shutdown_grace = 1")
 
 
+_no_error_log = lsip.no_error_log
+_values = lsip.header_values
+_requests = lsip.requests
+_responses = lsip.responses
+_reply = lsip.uas_reply
+
+
+def _wait_request(peer, method, timeout=2.0):
+    return lsip.wait_request(peer, method, timeout)
+
+
+def _vias(msg):
+    return lsip.header_values(msg, "Via")
+
+
 _CB_RE = re.compile(r"\[lua\] CB (\S+) (\S+) ?(.*)$")
 
 
@@ -75,35 +90,6 @@ def _wait_cb(inst, what, cid=None, timeout=3.0):
         time.sleep(0.02)
 
 
-def _no_error_log(t, inst):
-    bad = [ln for ln in inst.log().splitlines() if re.search(r"\bERROR\b|traceback", ln)]
-    t.check(not bad, "%s: ERROR lines in the log:\n      %s" % (inst.name, "\n      ".join(bad[:8])))
-
-
-def _split_commas(value):
-    out, cur, q = [], "", False
-    for ch in value:
-        if ch == '"':
-            q = not q
-        if ch == "," and not q:
-            out.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    if cur.strip():
-        out.append(cur.strip())
-    return out
-
-
-def _values(msg, name):
-    """Every value of a header in msg, comma-separated lists and rows flattened."""
-    return [v for row in msg.header_all(name) for v in _split_commas(row)]
-
-
-def _vias(msg):
-    return _values(msg, "Via")
-
-
 def _branch(via_value):
     return lsip.via_params(via_value).get("branch")
 
@@ -122,48 +108,6 @@ def _check_own_via(t, what, via_value, host, port):
     return br
 
 
-def _wait_request(peer, method, timeout=2.0):
-    """The first request method reaching peer within timeout (others go to peer.strays)."""
-    end = time.monotonic() + timeout
-    while True:
-        left = end - time.monotonic()
-        if left <= 0:
-            return None
-        r = peer.recv(left)
-        if r is None:
-            return None
-        m = lsip.Response(r[0], r[1])
-        if not m.is_response and m.start.startswith(method + " "):
-            return m
-        peer.strays.append(r)
-
-
-def _requests(peer, timeout):
-    """Every request reaching peer within timeout, parsed (responses go to peer.strays)."""
-    out = []
-    for data, addr in peer.drain(timeout):
-        m = lsip.Response(data, addr)
-        if m.is_response:
-            peer.strays.append((data, addr))
-        else:
-            out.append(m)
-    return out
-
-
-def _responses(peer, msg, timeout, cseq_method=None):
-    """Every response to msg (Call-ID, CSeq number[, CSeq method]) reaching peer within timeout."""
-    out = []
-    for data, addr in peer.drain(timeout):
-        r = lsip.Response(data, addr)
-        cs = (r.header("CSeq") or "").split()
-        if (r.is_response and r.header("Call-ID") == msg.call_id and cs[:1] == [str(msg.cseq)]
-                and (cseq_method is None or cs[1:2] == [cseq_method])):
-            out.append(r)
-        else:
-            peer.strays.append((data, addr))
-    return out
-
-
 def _until_final(peer, msg, timeout=3.0, cseq_method=None):
     """The responses to msg up to and including the first final one (or timeout)."""
     out = []
@@ -178,24 +122,6 @@ def _until_final(peer, msg, timeout=3.0, cseq_method=None):
         if r.status >= 200:
             break
     return out
-
-
-def _reply(peer, req, code, reason, to_tag="uas-tag", extra=(), record_route=False, vias=None):
-    """A response of a raw UAS to req (sent to where req came from), copying its Vias."""
-    lines = ["SIP/2.0 %d %s" % (code, reason)]
-    lines += ["Via: " + v for v in (vias if vias is not None else req.header_all("Via"))]
-    if record_route:
-        lines += ["Record-Route: " + v for v in req.header_all("Record-Route")]
-    lines.append("From: " + req.header("From"))
-    to = req.header("To")
-    lines.append("To: " + (to if lsip.tag_of(to) or code == 100 else "%s;tag=%s" % (to, to_tag)))
-    lines.append("Call-ID: " + req.header("Call-ID"))
-    lines.append("CSeq: " + req.header("CSeq"))
-    lines += list(extra)
-    lines.append("Content-Length: 0")
-    data = ("\r\n".join(lines) + "\r\n\r\n").encode()
-    peer.send(data, req.addr)
-    return data
 
 
 def _ack(uac, inv, ruri, final, inst_addr, routes=()):
