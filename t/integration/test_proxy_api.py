@@ -666,6 +666,32 @@ def test_proxy_api_cancel_reason_200_and_481(t):
     _no_error_log(t, inst)
 
 
+def test_proxy_api_cancel_of_an_unrouted_invite_gets_487(t):
+    """An INVITE the script neither answers nor routes waits in its transaction; a CANCEL
+    for it is answered 200 and the INVITE 487 by the core (nothing is routed, on_request
+    ran once), and a retransmitted INVITE then gets the 487 again."""
+    inst = _inst(t)
+    uac = t.peer()
+    ruri = "sip:bob@%s:%d" % (LO, uac.port)
+    inv = _invite(uac, ruri, "hold")
+    uac.send(inv, inst.addr4)
+    t.eq(_until_final(uac, inv, 0.5), [], "held INVITE: answers before the CANCEL")
+    cancel = request("CANCEL", ruri, via=(uac.host, uac.port), branch=inv.branch, call_id=inv.call_id,
+                     from_tag=inv.from_tag, cseq=inv.cseq)
+    uac.send(cancel, inst.addr4)
+    r = _until_final(uac, cancel, 1.0, cseq_method="CANCEL")
+    t.eq([x.status for x in r], [200], "CANCEL of the held INVITE: answers")
+    fin = _until_final(uac, inv, 1.0, cseq_method="INVITE")
+    t.eq([x.status for x in fin], [487], "held INVITE after the CANCEL: answers")
+    uac.send(inv, inst.addr4)
+    again = _until_final(uac, inv, 1.0, cseq_method="INVITE")
+    t.eq([x.status for x in again], [487], "retransmitted INVITE: the 487 again, from the transaction")
+    if fin:
+        _ack(uac, inv, ruri, fin[-1], inst.addr4)
+    t.eq([w for w, _, _ in _cbs(inst, inv.call_id)], ["on_request"], "held INVITE: handlers")
+    _no_error_log(t, inst)
+
+
 # -------------------------------------------------------------------------- stray responses
 
 def test_proxy_api_stray_responses(t):

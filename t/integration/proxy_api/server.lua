@@ -47,6 +47,9 @@ function SipEvents.on_request(req)
   local cid, m = req.call_id, req.method
   local case = req:header("X-Case") or "plain"
   cb("on_request", cid, m, case, VERSION)
+  if case == "hold" then
+    return -- neither answered nor routed: the core keeps the transaction
+  end
   if case == "clamp" and not req:check_max_forwards(10) then
     cb("max_forwards_zero", cid, m)
     return
