@@ -742,55 +742,39 @@ static void proxy_defaults(struct config_proxy *p)
     p->callback_on_server_tls_handshake = 1;
 }
 
-/* A preference list: distinct names out of names[], mapped through values[]. */
+/* A preference list: distinct names out of names[], mapped through values[]. Read as a
+ * list of strings (config_read_get_str_list), then each entry looked up. */
 static int get_pref(struct config_read *r, int t, const char *sect, const char *key,
                     const char *const *names, const int *values, int max, int *out, int *nout)
 {
-    lua_State *L = r->L;
     char path[160], ip[200], allowed[160], buf[256], names_s[64];
     config_read_join_names(names, names_s, sizeof(names_s));
     snprintf(allowed, sizeof(allowed), "a non-empty list of distinct values out of %s", names_s);
     config_read_field_path(path, sizeof(path), sect, key);
-    int ty = config_read_push_field(r, t, key);
-    if (ty == LUA_TNIL) {
-        lua_pop(L, 1);
-        return 0;
-    }
-    if (ty != LUA_TTABLE) {
-        lua_pop(L, 1);
-        return config_read_fail_type(r, path, "a table (list of strings)", ty, allowed);
-    }
-    int lt = lua_gettop(L);
-    size_t n;
-    int tmp[3];
-    int rc = config_read_check_list(r, lt, path, (size_t)max, allowed, &n);
-    if (rc == 0 && n == 0)
-        rc = config_read_fail(r, path, allowed, "empty list");
+    char **v = NULL;
+    size_t n = 0;
+    if (config_read_get_str_list(r, t, sect, key, (size_t)max, allowed, NULL, &v, &n) != 0)
+        return -1;
+    if (!v)
+        return 0; /* absent: the default stays */
+    int tmp[3], rc = n == 0 ? config_read_fail(r, path, allowed, "empty list") : 0;
     for (size_t i = 0; rc == 0 && i < n; i++) {
         snprintf(ip, sizeof(ip), "%s[%zu]", path, i + 1);
-        lua_rawgeti(L, lt, (int)i + 1);
-        int ety = lua_type(L, -1);
-        if (ety != LUA_TSTRING) {
-            rc = config_read_fail_type(r, ip, "a string", ety, allowed);
-        } else {
-            size_t len;
-            const char *s = lua_tolstring(L, -1, &len);
-            int found = -1;
-            for (int k = 0; names[k]; k++)
-                if (strlen(names[k]) == len && memcmp(names[k], s, len) == 0)
-                    found = k;
-            if (found < 0)
-                rc = config_read_fail(r, ip, allowed, "unknown value '%s'",
-                                      config_read_show(buf, sizeof(buf), s, len));
-            for (size_t j = 0; rc == 0 && j < i; j++)
-                if (tmp[j] == values[found])
-                    rc = config_read_fail(r, ip, allowed, "'%s' listed twice", names[found]);
-            if (rc == 0)
-                tmp[i] = values[found];
+        int found = -1;
+        for (int k = 0; names[k]; k++)
+            if (strcmp(names[k], v[i]) == 0)
+                found = k;
+        if (found < 0) {
+            rc = config_read_fail(r, ip, allowed, "unknown value '%s'",
+                                  config_read_show(buf, sizeof(buf), v[i], strlen(v[i])));
+            break;
         }
-        lua_pop(L, 1);
+        for (size_t j = 0; rc == 0 && j < i; j++)
+            if (tmp[j] == values[found])
+                rc = config_read_fail(r, ip, allowed, "'%s' listed twice", names[found]);
+        tmp[i] = values[found];
     }
-    lua_pop(L, 1);
+    config_read_free_strv(v, n);
     if (rc != 0)
         return -1;
     memcpy(out, tmp, n * sizeof(int));
