@@ -16,12 +16,16 @@ EV_LIBS   := $(shell pkg-config --libs libev 2>/dev/null || echo -lev)
 WERROR   := $(if $(CI),-Werror,)
 CFLAGS   ?= $(OPT) -g
 CFLAGS   += -std=gnu11 -Wall -Wextra $(WERROR) -Wno-unused-parameter -fPIC -MMD -MP \
-            -D_GNU_SOURCE $(LUAJIT_CFLAGS) $(EV_CFLAGS)
+            -D_GNU_SOURCE -pthread $(LUAJIT_CFLAGS) $(EV_CFLAGS) $(RMQ_CFLAGS)
 ifneq ($(SANITIZE),)
 CFLAGS   += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS  += -fsanitize=$(SANITIZE)
 endif
-LIBS     := $(LUAJIT_LIBS) $(EV_LIBS) -lm -ldl
+# librabbitmq: the rabbitmq: event sink (src/evi_rabbitmq.c); -pthread: the sinks that block
+# (flatstore, rabbitmq) run in threads of their own, never on the event loop.
+RMQ_CFLAGS := $(shell pkg-config --cflags librabbitmq 2>/dev/null)
+RMQ_LIBS   := $(shell pkg-config --libs librabbitmq 2>/dev/null || echo -lrabbitmq)
+LIBS     := $(LUAJIT_LIBS) $(EV_LIBS) $(RMQ_LIBS) -lm -ldl -pthread
 
 SRCS     := $(filter-out src/main.c,$(wildcard src/*.c))
 OBJS     := $(SRCS:src/%.c=$(BUILD)/obj/%.o)
@@ -31,6 +35,9 @@ SOLIB    := $(BUILD)/liblunasip.so
 BIN      := $(BUILD)/lunasip
 UNIT_SRCS := $(wildcard t/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:t/unit/%.c=$(BUILD)/t/%)
+# Test tools: real peers written in C (t/tools/amqp_consume.c: a RabbitMQ consumer on librabbitmq).
+TOOL_SRCS := $(wildcard t/tools/*.c)
+TOOL_BINS := $(TOOL_SRCS:t/tools/%.c=$(BUILD)/t/tools/%)
 
 .PHONY: all run test test-build bench fuzz clean deps-run deps-test deps-bench FORCE
 all: lunasip
@@ -69,6 +76,10 @@ $(BUILD)/t/test_%: t/unit/test_%.c $(LIB) t/unit/test.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Isrc -o $@ $< $(LIB) $(LDFLAGS) $(LIBS)
 
+$(BUILD)/t/tools/%: t/tools/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) $(LIBS)
+
 run: deps-run lunasip
 	@scripts/run.sh ./lunasip
 
@@ -76,7 +87,7 @@ test: deps-test
 	@$(MAKE) --no-print-directory SANITIZE=address,undefined OPT=-O1 test-build
 	@t/run.sh build/san
 
-test-build: $(BIN) $(SOLIB) $(UNIT_BINS)
+test-build: $(BIN) $(SOLIB) $(UNIT_BINS) $(TOOL_BINS)
 
 bench: deps-bench
 	@$(MAKE) --no-print-directory OPT="-O2 -DNDEBUG" all

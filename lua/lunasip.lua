@@ -1,11 +1,13 @@
 -- The lunasip Lua library: `local lunasip = require "lunasip"` in server.lua.
 -- SPEC §5: lunasip.Uri, lunasip.NameAddr, lunasip.log, lunasip.Proxy, lunasip.Uac and
--- lunasip.UacRequest, and the dispatchers the core calls: one for every request it hands
--- to SipEvents.on_request, one for what happens to a routing (src/lapi.h).
+-- lunasip.UacRequest, lunasip.events (raise_event & co., also set as globals by the core),
+-- and the dispatchers the core calls: one for every request it hands to SipEvents.on_request,
+-- one for what happens to a routing (src/lapi.h), and three for event_route (src/lvm.c).
 local uri = require "lunasip.uri"
 local Message = require "lunasip.message"
 local proxy = require "lunasip.proxy"
 local uac = require "lunasip.uac"
+local events = require "lunasip.events"
 
 local lunasip = {
   version = "0.1.0",
@@ -16,6 +18,7 @@ local lunasip = {
   Uac = uac.Uac,
   UacRequest = uac.UacRequest,
   log = require "lunasip.log",
+  events = events,
 }
 
 local wrap = Message.wrap
@@ -36,5 +39,12 @@ end
 --- "failure" (response handle h, g), "canceled", "invite_timeout", "error" (status,
 --- reason, code) and "done" (the ctx is forgotten). An error in a callback propagates.
 lunasip._dispatch_proxy = proxy.dispatch
+
+--- event_route: lunasip._dispatch_event(name) runs event_route[name];
+--- lunasip._has_event_route(name) says whether there is one; lunasip._check_event_routes()
+--- validates the table after server.lua ran (nil or an error message).
+lunasip._dispatch_event = events.dispatch
+lunasip._has_event_route = events.has_route
+lunasip._check_event_routes = events.check
 
 return lunasip

@@ -2,15 +2,16 @@
 # Installs the Debian packages a target needs, only those missing; silent when none is.
 # Usage: scripts/deps.sh run|test|bench
 set -e
-build="gcc make pkg-config libluajit2-5.1-dev libev-dev libmbedtls-dev"
+build="gcc make pkg-config libluajit2-5.1-dev libev-dev libmbedtls-dev librabbitmq-dev"
 case "$1" in
   run)   want="$build" ;;
   # luajit2: the OpenResty LuaJIT interpreter busted runs on (--lua=luajit);
   # python3: the integration test driver (standard library only); sip-tester: SIPp.
-  test)  want="$build luajit2 lua-busted python3 sip-tester" ;;
+  # rabbitmq-server: the broker the rabbitmq: sink tests publish to (started by the tests).
+  test)  want="$build luajit2 lua-busted python3 sip-tester rabbitmq-server" ;;
   # kamailio: the comparison peer, kamailio-lua-modules its app_lua (the call-flow bench);
   # libosip2-dev: the parser we measure against.
-  bench) want="$build luajit2 python3 sip-tester kamailio kamailio-lua-modules libosip2-dev" ;;
+  bench) want="$build luajit2 python3 sip-tester rabbitmq-server kamailio kamailio-lua-modules libosip2-dev" ;;
   *) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
 esac
 missing=""

@@ -22,7 +22,7 @@
  *   sip.outbound_flow_secret ...................... Outbound flow tokens (RFC 5626)
  *   websocket.* ................................... WebSocket transport (RFC 7118/6455)
  *   pike.* ........................................ per-source flood protection
- *   events.* ...................................... event bus queue
+ *   events.* ...................................... event bus (src/evi.c) and its sinks
  *   proxies.conf do_record_routing, record_route_all, timer_B/C/F,
  *     callback_on_server_tls_handshake ............ proxy core and transactions
  *
@@ -513,7 +513,11 @@ static int read_events(struct config_read *r, int t, struct config *c)
     int v = (int)c->events_overflow;
     if (config_read_get_int(r, t, "events", "queue_limit", 1, 10000000,
                             &c->events_queue_limit) != 0 ||
-        config_read_get_enum(r, t, "events", "overflow", overflow, &v) != 0)
+        config_read_get_enum(r, t, "events", "overflow", overflow, &v) != 0 ||
+        config_read_get_num(r, t, "events", "connect_timeout", 0, 1, 300, &c->events_connect_timeout) != 0 ||
+        config_read_get_num(r, t, "events", "send_timeout", 0, 1, 300, &c->events_send_timeout) != 0 ||
+        config_read_get_num(r, t, "events", "retry_max", 0.5, 0, 3600, &c->events_retry_max) != 0 ||
+        config_read_get_int(r, t, "events", "heartbeat", 0, 3600, &c->events_heartbeat) != 0)
         return -1;
     c->events_overflow = (enum config_overflow)v;
     return 0;
@@ -542,6 +546,10 @@ static int set_defaults(struct config_read *r, struct config *c)
     c->pike_ban_time = 60;
     c->events_queue_limit = 10000;
     c->events_overflow = CONFIG_OVERFLOW_DROP_OLDEST;
+    c->events_connect_timeout = 2;
+    c->events_send_timeout = 5;
+    c->events_retry_max = 30;
+    c->events_heartbeat = 10;
 
     size_t n = sizeof(default_listen) / sizeof(default_listen[0]);
     if ((c->syslog_facility = strdup("daemon")) == NULL ||
@@ -644,7 +652,8 @@ int config_load(const char *dir, const char *file, struct config *out, char *err
     static const char *const tls_keys[] = { "certificate", "private_key", "ca_file",
         "min_version", "verify_client", "sni", NULL };
     static const char *const pike_keys[] = { "enabled", "window", "max_requests", "ban_time", NULL };
-    static const char *const events_keys[] = { "queue_limit", "overflow", NULL };
+    static const char *const events_keys[] = { "queue_limit", "overflow", "connect_timeout",
+                                               "send_timeout", "retry_max", "heartbeat", NULL };
     static const char *const *const keys[] = {
         core_keys, sip_keys, websocket_keys, tls_keys, pike_keys, events_keys,
     };

@@ -101,6 +101,10 @@ struct config {
     /* events */
     int events_queue_limit;
     enum config_overflow events_overflow;
+    double events_connect_timeout;  /* tcp/http/rabbitmq connect (and AMQP login) */
+    double events_send_timeout;     /* a delivery that makes no progress for this long fails */
+    double events_retry_max;        /* reconnect backoff: 0.5 s doubling up to this */
+    int events_heartbeat;           /* AMQP heartbeat, s; 0 = off */
 };
 
 /* proxies.conf: named profiles; default_proxy always present. */

@@ -183,4 +183,27 @@ int lunasip_proxy_events(uint32_t ctx, unsigned mask);
  * "Destination Blacklisted". LAPI_OK, LAPI_NONE (no current target), LAPI_EINVAL. */
 int lunasip_proxy_blacklist(uint32_t ctx, int timeout, int status, const char *reason, size_t rlen);
 
+/* ----- Events (SPEC §5.4; src/evi.c, src/lapi_evi.c) -----
+ * raise_event, subscribe_event, unsubscribe_event and fetch_event_params of
+ * lua/lunasip/events.lua. The params array is struct evi_param (src/evi.h). */
+struct evi_param;
+/* Returns the number of subscriptions queued for, or a negative errno (-EINVAL bad name or
+ * params, -E2BIG payload too large, -ENOSPC, -ENOMEM). with_handlers: the script has
+ * event_route[name]. */
+int lunasip_event_raise(const char *name, size_t nlen, const struct evi_param *p, size_t n, int with_handlers);
+/* 0, or a negative errno with err filled. expire in seconds, 0 = never. */
+int lunasip_event_subscribe(const char *ev, size_t elen, const char *sock, size_t slen, double expire,
+                            char *err, size_t errlen);
+/* 0 or -ENOENT. */
+int lunasip_event_unsubscribe(const char *ev, size_t elen, const char *sock, size_t slen);
+/* The event whose event_route runs: LAPI_OK with its name and param count, LAPI_NONE outside. */
+int lunasip_event_current(const char **name, size_t *nparams);
+/* Param idx of the running event: name (NULL when positional), type, value. */
+int lunasip_event_param(size_t idx, const char **name, size_t *nlen, int *type, const char **s,
+                        size_t *slen, int64_t *i);
+/* event_route was assigned at run time: forget which events have handlers. */
+void lunasip_event_route_changed(void);
+/* 1 when s is a valid event name. */
+int lunasip_event_name_valid(const char *s, size_t n);
+
 #endif

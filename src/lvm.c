@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "evi.h"
 #include "lapi.h"
 #include "log.h"
 #include "sip_msg.h"
@@ -23,6 +24,8 @@ struct lvm {
     int ref_dispatch;   /* lunasip._dispatch_request */
     int ref_proxy;      /* lunasip._dispatch_proxy */
     int ref_traceback;  /* message handler */
+    int ref_event;      /* lunasip._dispatch_event */
+    int ref_has_event;  /* lunasip._has_event_route */
 };
 
 struct lvm *lvm_current;
@@ -136,7 +139,22 @@ static int validate(lua_State *L, const char *script, char *err, size_t errlen)
     return 0;
 }
 
-/* Runs the bootstrap: paths, callback tables, the lunasip library. */
+/* After the script ran: event_route entries are event names mapped to functions (the
+ * table checks assignments itself; this catches a script that replaced it). */
+static int validate_event_routes(lua_State *L, const char *script, char *err, size_t errlen)
+{
+    lua_getglobal(L, "lunasip");
+    lua_getfield(L, -1, "_check_event_routes");
+    if (lua_isfunction(L, -1) && lua_pcall(L, 0, 1, 1) == 0 && lua_isstring(L, -1)) {
+        snprintf(err, errlen, "%s: %s", script, lua_tostring(L, -1));
+        lua_settop(L, 1);
+        return -1;
+    }
+    lua_settop(L, 1);
+    return 0;
+}
+
+/* Runs the bootstrap: paths, callback tables, the lunasip library, the event globals. */
 static int bootstrap(lua_State *L, const struct lvm_env *env, char *err, size_t errlen)
 {
     static const char code[] =
@@ -145,6 +163,9 @@ static int bootstrap(lua_State *L, const struct lvm_env *env, char *err, size_t 
         "  conf_dir .. '/lib/?.lua;' .. conf_dir .. '/lib/?/init.lua;' .. package.path\n"
         "SystemEvents, SipEvents, WebSocketEvents = {}, {}, {}\n"
         "lunasip = require 'lunasip'\n"
+        "local ev = lunasip.events\n"
+        "raise_event, subscribe_event, unsubscribe_event = ev.raise_event, ev.subscribe_event, ev.unsubscribe_event\n"
+        "fetch_event_params, event_route = ev.fetch_event_params, ev.event_route\n"
         "return lunasip._dispatch_request, lunasip._dispatch_proxy\n";
     if (luaL_loadbuffer(L, code, sizeof(code) - 1, "=lunasip-bootstrap") != 0) {
         snprintf(err, errlen, "bootstrap: %s", lua_tostring(L, -1));
@@ -184,13 +205,23 @@ int lvm_create(const struct lvm_env *env, struct lvm **out, char *err, size_t er
     vm->ref_dispatch = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushvalue(L, 1);
     vm->ref_traceback = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getglobal(L, "lunasip");
+    lua_getfield(L, -1, "_dispatch_event");
+    lua_getfield(L, -2, "_has_event_route");
+    if (!lua_isfunction(L, -1) || !lua_isfunction(L, -2)) {
+        snprintf(err, errlen, "%s/lunasip.lua: _dispatch_event or _has_event_route missing", env->lua_dir);
+        goto fail;
+    }
+    vm->ref_has_event = luaL_ref(L, LUA_REGISTRYINDEX);
+    vm->ref_event = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
 
     if (luaL_loadfile(L, env->script) != 0 || lua_pcall(L, 0, 0, 1) != 0) {
         /* "path:line: message", the path possibly shortened by LuaJIT */
         expand_path(lua_tostring(L, -1), env->script, err, errlen);
         goto fail;
     }
-    if (validate(L, env->script, err, errlen) != 0)
+    if (validate(L, env->script, err, errlen) != 0 || validate_event_routes(L, env->script, err, errlen) != 0)
         goto fail;
     lua_settop(L, 0);
     vm->L = L;
@@ -259,6 +290,13 @@ static void check_slow(const char *what, int64_t t0, const struct sip_msg *m)
     if (us < LVM_SLOW_US)
         return;
     stats.lua_slow++;
+    /* SPEC §5.5 E_CORE_THRESHOLD: source, time (µs), extra (the Call-ID when there is one) */
+    struct evi_param p[] = {
+        EVI_STR("source", what),
+        EVI_INT("time", us),
+        EVI_STRN("extra", m ? m->call_id.s : "", m ? m->call_id.len : 0),
+    };
+    evi_raise_core("E_CORE_THRESHOLD", p, 3);
     if (m)
         LOG_WARN("%s took %lld ms (threshold %d ms), Call-ID %.*s", what, (long long)(us / 1000),
                  LVM_SLOW_US / 1000, (int)m->call_id.len, m->call_id.s);
@@ -371,4 +409,40 @@ int lvm_proxy_event(struct lvm *vm, uint32_t ctx, const struct lvm_proxy_ev *ev,
     lua_settop(L, 0);
     lvm_unref(vm);
     return flags;
+}
+
+int lvm_has_event_route(struct lvm *vm, const char *name)
+{
+    lua_State *L = vm->L;
+    int yes = 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_has_event);
+    lua_pushstring(L, name);
+    if (vm_pcall(vm, 1, 1, 1) == 0)
+        yes = lua_toboolean(L, -1);
+    lua_settop(L, 0);
+    return yes;
+}
+
+int lvm_event_route(struct lvm *vm, const char *name)
+{
+    lua_State *L = vm->L;
+    int rc = 0;
+    char what[96];
+    snprintf(what, sizeof(what), "event_route[\"%s\"]", name);
+    lvm_ref(vm);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_event);
+    lua_pushstring(L, name);
+    int64_t t0 = now_us();
+    if (vm_pcall(vm, 1, 0, 1) != 0) {
+        stats.lua_errors++;
+        stats.events_handler_errors++;
+        log_lua_error(what, lua_tostring(L, -1));
+        rc = -1;
+    }
+    check_slow(what, t0, NULL);
+    lua_settop(L, 0);
+    lvm_unref(vm);
+    return rc;
 }

@@ -59,7 +59,13 @@ struct lvm_proxy_ev {
  * when one raised an error (logged with its traceback). */
 int lvm_proxy_event(struct lvm *vm, uint32_t ctx, const struct lvm_proxy_ev *ev, const struct sip_msg *m);
 
-/* Handlers slower than this are logged (SPEC §5). */
+/* event_route (SPEC §5.4): whether vm's script has a handler for the event, and running it
+ * (an error is logged with its traceback; returns 0 or -1). Called from the loop, never
+ * from inside Lua. */
+int lvm_has_event_route(struct lvm *vm, const char *name);
+int lvm_event_route(struct lvm *vm, const char *name);
+
+/* Handlers slower than this are logged and raise E_CORE_THRESHOLD (SPEC §5). */
 #define LVM_SLOW_US 100000
 
 #endif

@@ -17,6 +17,8 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "ctl.h"
+#include "evi.h"
 #include "lapi.h"
 #include "log.h"
 #include "lvm.h"
@@ -117,24 +119,33 @@ static int same_listen(const struct config *a, const struct config *b)
 /* SPEC §5.6: read the files again, build a new Lua state, validate, then swap. On any
  * error the running config and script stay. lunasip.conf changes other than the log
  * level need a restart: they are reported, not applied. */
-static void reload(void)
+static void events_config(const struct config *c, struct evi_config *e)
 {
-    char err[CONFIG_ERR_MAX + 512];
+    e->queue_limit = c->events_queue_limit;
+    e->drop_newest = c->events_overflow == CONFIG_OVERFLOW_DROP_NEWEST;
+    e->connect_timeout = c->events_connect_timeout;
+    e->send_timeout = c->events_send_timeout;
+    e->retry_max = c->events_retry_max;
+    e->heartbeat = c->events_heartbeat;
+}
+
+static int do_reload(char *err, size_t errlen)
+{
     struct config ncfg;
     struct config_proxies nprox;
     struct lvm *vm;
 
     LOG_NOTICE("reloading configuration and %s", cfg.script);
-    if (config_load(cfg.dir, opt.config_file, &ncfg, err, sizeof(err)) != 0) {
+    if (config_load(cfg.dir, opt.config_file, &ncfg, err, errlen) != 0) {
         stats.reloads_failed++;
         LOG_ERROR("reload failed, keeping the running configuration: %s", err);
-        return;
+        return -1;
     }
-    if (config_proxies_load(cfg.dir, &nprox, err, sizeof(err)) != 0) {
+    if (config_proxies_load(cfg.dir, &nprox, err, errlen) != 0) {
         stats.reloads_failed++;
         LOG_ERROR("reload failed, keeping the running configuration: %s", err);
         config_free(&ncfg);
-        return;
+        return -1;
     }
     if (!same_listen(&cfg, &ncfg))
         LOG_NOTICE("sip.listen changed in %s: restart lunasip to apply it", ncfg.file);
@@ -144,19 +155,70 @@ static void reload(void)
         log_set_level(ncfg.log_level);
         cfg.log_level = ncfg.log_level;
     }
+    struct evi_config ecfg;
+    events_config(&ncfg, &ecfg);
     config_free(&ncfg);
-    if (load_script(&vm, err, sizeof(err)) != 0) {
+    evi_script_load_begin();
+    if (load_script(&vm, err, errlen) != 0) {
+        evi_script_load_end(0);
         stats.reloads_failed++;
         LOG_ERROR("reload failed, the running script stays: %s", err);
         config_proxies_free(&nprox);
-        return;
+        return -1;
     }
     config_proxies_free(&proxies);
     proxies = nprox;
     proxy_set_profiles(&proxies);
     lvm_install(vm);
+    evi_handlers_changed();
+    evi_script_load_end(1);
+    evi_configure(&ecfg);
+    evi_reopen(NULL);
     stats.reloads_ok++;
     LOG_NOTICE("reload done: %s is now generation %u", cfg.script, lvm_generation(vm));
+    return 0;
+}
+
+/* SIGHUP and `lunasip ctl reload`: SPEC §5.6, then E_CORE_RELOAD (and core:reload). */
+static int reload(char *err, size_t errlen)
+{
+    err[0] = 0;
+    int rc = do_reload(err, errlen);
+    struct evi_param p[] = {
+        EVI_STR("status", rc == 0 ? "ok" : "failed"),
+        EVI_STR("error", err),
+    };
+    if (rc == 0)
+        p[1].type = EVI_T_NIL; /* SPEC §5.5: error is null after a good reload */
+    evi_raise_core("E_CORE_RELOAD", p, 2);
+    return rc;
+}
+
+static void raise_pid_version(const char *name)
+{
+    struct evi_param p[] = {
+        EVI_INT("pid", getpid()),
+        EVI_STR("version", LUNASIP_VERSION),
+    };
+    evi_raise_core(name, p, 2);
+}
+
+static int on_has_event_route(const char *name)
+{
+    return lvm_current ? lvm_has_event_route(lvm_current, name) : 0;
+}
+
+static void on_run_event_route(const char *name)
+{
+    if (lvm_current)
+        lvm_event_route(lvm_current, name);
+}
+
+static void user_reload(void)
+{
+    if (lvm_current)
+        lvm_system_event(lvm_current, "on_user_reload", NULL);
+    proxy_run_pending();
 }
 
 /* Graceful shutdown: routings in flight get up to core.shutdown_grace to finish; new
@@ -176,13 +238,12 @@ static void on_drain(struct ev_loop *l, ev_timer *w, int revents)
 static void on_signal(struct ev_loop *l, ev_signal *w, int revents)
 {
     if (w->signum == SIGHUP) {
+        char err[CONFIG_ERR_MAX + 512];
         if (!terminating)
-            reload();
+            reload(err, sizeof(err));
     } else if (w->signum == SIGUSR1) {
         LOG_NOTICE("SIGUSR1: running SystemEvents.on_user_reload");
-        if (lvm_current)
-            lvm_system_event(lvm_current, "on_user_reload", NULL);
-        proxy_run_pending();
+        user_reload();
     } else {
         if (terminating) {
             LOG_NOTICE("second %s: exiting now", w->signum == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -191,6 +252,7 @@ static void on_signal(struct ev_loop *l, ev_signal *w, int revents)
         }
         terminating = 1;
         LOG_NOTICE("%s: shutting down", w->signum == SIGTERM ? "SIGTERM" : "SIGINT");
+        raise_pid_version("E_CORE_TERMINATING");
         sip_core_draining = 1;
         if (lvm_current)
             lvm_system_event(lvm_current, "on_terminated", NULL);
@@ -329,9 +391,10 @@ int main(int argc, char **argv)
         { NULL, 0, NULL, 0 },
     };
     if (argc > 1 && strcmp(argv[1], "ctl") == 0) {
-        fprintf(stderr, "lunasip ctl: this version has no control socket yet (core.control_socket is "
-                        "validated but not served); use signals: HUP reloads, USR1 runs on_user_reload\n");
-        return 1;
+        char d[PATH_MAX];
+        if (beside_binary("conf", "lunasip.conf", d, sizeof(d)) != 0)
+            snprintf(d, sizeof(d), "/etc/lunasip");
+        return ctl_client_main(argc - 1, argv + 1, d);
     }
     int c;
     while ((c = getopt_long(argc, argv, "c:f:tP:u:g:l:vh", longopts, NULL)) != -1) {
@@ -384,11 +447,14 @@ int main(int argc, char **argv)
         return 1;
     }
     struct lvm *vm;
+    evi_script_load_begin();
     if (load_script(&vm, err, sizeof(err)) != 0) {
+        evi_script_load_end(0);
         fprintf(stderr, "lunasip: %s\n", err);
         return 1;
     }
     if (opt.check) {
+        evi_script_load_end(0);
         printf("lunasip: %s, proxies.conf and %s are valid\n", cfg.file, cfg.script);
         lvm_unref(vm);
         config_proxies_free(&proxies);
@@ -415,8 +481,25 @@ int main(int argc, char **argv)
     } else {
         daemonize();
     }
+    if (cfg.control_socket) {
+        static const struct ctl_hooks hooks = { reload, user_reload };
+        char cerr[512];
+        if (ctl_start(loop, cfg.control_socket, &hooks, cerr, sizeof(cerr)) != 0) {
+            LOG_ERROR("core.control_socket: %s", cerr);
+            return 1;
+        }
+    }
     if (drop_privileges() != 0)
         return 1;
+    /* after the fork of daemon mode: sinks may start threads */
+    {
+        static const struct evi_hooks hooks = { on_has_event_route, on_run_event_route, proxy_run_pending };
+        struct evi_config ecfg;
+        events_config(&cfg, &ecfg);
+        evi_init(loop, &ecfg);
+        evi_set_hooks(&hooks);
+        evi_script_load_end(1); /* the subscriptions server.lua made while it loaded */
+    }
 
     ev_signal_init(&sig_hup, on_signal, SIGHUP);
     ev_signal_init(&sig_usr1, on_signal, SIGUSR1);
@@ -430,9 +513,12 @@ int main(int argc, char **argv)
     LOG_NOTICE("lunasip %s started (pid %d, config %s, script %s)", LUNASIP_VERSION, (int)getpid(), cfg.dir, cfg.script);
     lvm_system_event(lvm_current, "on_started", NULL);
     proxy_run_pending();
+    raise_pid_version("E_CORE_STARTED");
     ev_run(loop, 0);
 
     LOG_NOTICE("lunasip stopped");
+    ctl_stop();
+    evi_shutdown(1.0);
     txn_shutdown();
     proxy_shutdown();
     timer_detach();

@@ -14,6 +14,7 @@
 #include <strings.h>
 
 #include "config.h"
+#include "evi.h"
 #include "lapi.h"
 #include "log.h"
 #include "lvm.h"
@@ -705,6 +706,29 @@ static long build_request(struct pctx *c, struct listener *out_l, const char *br
     return (long)n;
 }
 
+/* SPEC §5.5 tm:local-request: a request lunasip generated (a Uac request, a CANCEL). */
+static void raise_local_request(struct sip_msg *m, const char *method)
+{
+    if (!m)
+        return;
+    struct sip_str from = { "", 0 }, to = { "", 0 };
+    int i = sip_msg_hdr_find_id(m, SIP_HDR_FROM, 0);
+    if (i >= 0)
+        from = sip_msg_hdr_value(m, (uint32_t)i);
+    if ((i = sip_msg_hdr_find_id(m, SIP_HDR_TO, 0)) >= 0)
+        to = sip_msg_hdr_value(m, (uint32_t)i);
+    struct evi_param p[] = {
+        EVI_STR("method", method ? method : ""),
+        EVI_STRN("ruri", m->ruri_str.s, m->ruri_str.len),
+        EVI_STRN("from", from.s, from.len),
+        EVI_STRN("to", to.s, to.len),
+        EVI_STRN("call_id", m->call_id.s, m->call_id.len),
+    };
+    if (!method)
+        p[0] = (struct evi_param)EVI_STRN("method", m->method_str.s, m->method_str.len);
+    evi_raise_core("tm:local-request", p, 5);
+}
+
 static int send_to(struct pctx *c, const struct target *t)
 {
     struct listener *out_l = listener_for(t->addr.ss_family, c->req->listener);
@@ -741,6 +765,8 @@ static int send_to(struct pctx *c, const struct target *t)
         return rc;
     c->ct = ct;
     c->early = 0;
+    if (c->kind == CTX_UAC)
+        raise_local_request(c->req, NULL);
     return 0;
 }
 
@@ -873,7 +899,8 @@ static void on_timer_c(void *tu, struct txn *ct)
     c->busy++;
     c->timer_c_fired = 1;
     static const char why[] = "SIP;cause=408;text=\"Timer C\"";
-    txn_client_cancel(ct, why, sizeof(why) - 1);
+    if (txn_client_cancel(ct, why, sizeof(why) - 1) == 0)
+        raise_local_request(c->req, "CANCEL");
     int flags = dispatch_simple(c, "invite_timeout");
     if (!(flags & LAPI_R_DROP) && !(lapi_msg_state(c->req) & LAPI_ST_FINAL))
         reply_local(c, 408, "Request Timeout");
@@ -1310,6 +1337,7 @@ void proxy_on_cancel(struct txn *inv, struct sip_msg *cancel)
         crc = txn_client_cancel(c->ct, NULL, 0);
     if (crc == 0) {
         /* the 487 (or a late 2xx) comes back through the client transaction */
+        raise_local_request(c->req, "CANCEL");
     } else if (!c->final_sent && !c->ct) {
         reply_local(c, 487, NULL);
         ctx_finish(c);

@@ -1,47 +1,74 @@
-/* Process-wide counters, read by logs, tests and (later) the control socket and metrics.
- * Plain integers: lunasip runs one event loop per process. */
+/* Process-wide counters, read by logs, tests, the control socket (`stats`) and metrics.
+ * Plain integers: lunasip runs one event loop per process. STATS_FIELDS lists every counter
+ * once (name, help text), so the control socket and the metrics endpoint can walk them. */
 #ifndef LUNASIP_STATS_H
 #define LUNASIP_STATS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
+#define STATS_FIELDS(X) \
+    X(rx_datagrams, "datagrams received") \
+    X(rx_keepalives, "CRLF keepalives received") \
+    X(rx_requests, "requests received") \
+    X(rx_responses, "responses received") \
+    X(rx_oversized, "datagrams above sip.max_message_size, dropped") \
+    X(rx_malformed, "requests answered 4xx/5xx by the parser, or dropped") \
+    X(rx_dropped, "messages dropped without an answer (no Via, bad response, ...)") \
+    X(rx_responses_dropped, "responses no transaction matched") \
+    X(rx_acks_absorbed, "ACKs absorbed") \
+    X(tx_replies, "replies sent by the core") \
+    X(tx_messages, "messages sent by transactions (requests, responses, ACK, CANCEL)") \
+    X(tx_errors, "sendto failures") \
+    X(lua_errors, "Lua handlers that raised an error") \
+    X(lua_slow, "Lua handlers slower than 100 ms") \
+    X(lua_unanswered, "on_request returned without answering or routing") \
+    X(reloads_ok, "reloads done") \
+    X(reloads_failed, "reloads refused (the running config stayed)") \
+    X(txn_retrans_absorbed, "request retransmissions absorbed by a server transaction") \
+    X(txn_resp_retrans_absorbed, "response retransmissions absorbed by a client transaction") \
+    X(txn_retransmits, "retransmissions sent (Timers A, E, G)") \
+    X(txn_timeouts, "client transactions ended by Timer B or F") \
+    X(txn_no_ack, "Timer H fired") \
+    X(txn_unanswered, "server transactions that expired unanswered") \
+    X(txn_send_errors, "transaction send failures") \
+    X(proxy_requests, "requests routed statefully") \
+    X(proxy_stateless, "ACKs of 2xx and responses forwarded statelessly") \
+    X(proxy_loops, "482 Loop Detected") \
+    X(proxy_too_many_hops, "483 Too Many Hops") \
+    X(proxy_cancels, "CANCELs matched to an INVITE") \
+    X(proxy_errors, "routings ended in on_error") \
+    X(events_raised, "events raised") \
+    X(events_queued, "event deliveries queued to sinks") \
+    X(events_delivered, "event deliveries completed") \
+    X(events_failed, "event delivery attempts that failed (a virtual set may still deliver)") \
+    X(events_dropped, "events lost: queue overflow or every member failed") \
+    X(events_handlers, "event_route handlers run") \
+    X(events_handler_errors, "event_route handlers that raised an error") \
+    X(events_depth_capped, "raises inside event_route too deep to run handlers") \
+    X(events_expired, "subscriptions expired") \
+    X(ctl_requests, "control socket requests") \
+    X(ctl_errors, "control socket requests answered with an error")
+
 struct stats {
-    uint64_t rx_datagrams;
-    uint64_t rx_keepalives;
-    uint64_t rx_requests;
-    uint64_t rx_responses;
-    uint64_t rx_oversized;        /* datagram above sip.max_message_size: dropped */
-    uint64_t rx_malformed;        /* request answered 4xx/5xx by the parser, or dropped */
-    uint64_t rx_dropped;          /* dropped without an answer (no Via, bad response, ...) */
-    uint64_t rx_responses_dropped;/* responses not ours (no transaction layer matched) */
-    uint64_t rx_acks_absorbed;
-    uint64_t tx_replies;
-    uint64_t tx_messages;         /* sent by transactions (requests, responses, ACK, CANCEL) */
-    uint64_t tx_errors;           /* sendto failures */
-    uint64_t lua_errors;
-    uint64_t lua_slow;
-    uint64_t lua_unanswered;      /* on_request returned without answering */
-    uint64_t reloads_ok;
-    uint64_t reloads_failed;
-
-    /* transaction layer (src/txn.c) */
-    uint64_t txn_retrans_absorbed;  /* request retransmissions absorbed by a server txn */
-    uint64_t txn_resp_retrans_absorbed; /* response retransmissions absorbed by a client txn */
-    uint64_t txn_retransmits;       /* our own retransmissions (Timers A, E, G) */
-    uint64_t txn_timeouts;          /* client transactions ended by Timer B or F */
-    uint64_t txn_no_ack;            /* Timer H fired */
-    uint64_t txn_unanswered;        /* server transactions ended by txn_server_expire */
-    uint64_t txn_send_errors;
-
-    /* proxy core (src/proxy.c) */
-    uint64_t proxy_requests;        /* requests routed statefully */
-    uint64_t proxy_stateless;       /* ACKs of 2xx and responses forwarded statelessly */
-    uint64_t proxy_loops;           /* 482 */
-    uint64_t proxy_too_many_hops;   /* 483 */
-    uint64_t proxy_cancels;         /* CANCELs matched to an INVITE */
-    uint64_t proxy_errors;          /* routing ended in on_error */
+#define STATS_DECLARE(name, help) uint64_t name;
+    STATS_FIELDS(STATS_DECLARE)
+#undef STATS_DECLARE
 };
 
 extern struct stats stats;
+
+/* The counters as a table: name, help, offset into struct stats; ends with name NULL. */
+struct stats_field {
+    const char *name;
+    const char *help;
+    size_t offset;
+};
+extern const struct stats_field stats_fields[];
+
+static inline uint64_t stats_get(const struct stats_field *f)
+{
+    return *(const uint64_t *)((const char *)&stats + f->offset);
+}
 
 #endif

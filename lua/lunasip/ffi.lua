@@ -47,6 +47,17 @@ int lunasip_uac_route(const char *buf, size_t len, const char *profile, size_t p
                       const char *host, size_t hlen, int port, int transport, uint32_t *ctx,
                       const char **err);
 int lunasip_proxy_blacklist(uint32_t ctx, int timeout, int status, const char *reason, size_t rlen);
+
+struct evi_param { const char *name; size_t nlen; int type; const char *s; size_t slen; int64_t i; };
+int lunasip_event_raise(const char *name, size_t nlen, const struct evi_param *p, size_t n, int with_handlers);
+int lunasip_event_subscribe(const char *ev, size_t elen, const char *sock, size_t slen, double expire,
+                            char *err, size_t errlen);
+int lunasip_event_unsubscribe(const char *ev, size_t elen, const char *sock, size_t slen);
+int lunasip_event_current(const char **name, size_t *nparams);
+int lunasip_event_param(size_t idx, const char **name, size_t *nlen, int *type, const char **s,
+                        size_t *slen, int64_t *i);
+void lunasip_event_route_changed(void);
+int lunasip_event_name_valid(const char *s, size_t n);
 ]]
 
 local C
