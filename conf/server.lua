@@ -29,6 +29,15 @@
     proxy:on_success_response(function(response) ... end)   -- also on_provisional_response,
     proxy:route(request)                  -- on_failure_response, on_canceled, on_error, ...
     proxy:route(request, host, port, "udp"|"tcp"|"tls"|"ws"|"wss")   -- a fixed next hop
+
+  Events (SPEC §5.4, as in OpenSIPS), globals:
+    raise_event("E_MY_EVENT", { caller = "alice", code = 200 })   -- to every subscriber
+    subscribe_event("E_MY_EVENT", "udp:127.0.0.1:8888")            -- or tcp:, unix:, http://,
+                                                  -- flatstore:, rabbitmq:, virtual:FAILOVER ...
+    event_route["E_MY_EVENT"] = function()        -- runs after the current request is done
+      local caller = fetch_event_params("caller")
+    end
+  or from a shell: lunasip ctl event_subscribe E_MY_EVENT udp:127.0.0.1:8888 3600
 ]]
 
 -- Where initial requests go: every new call, registration or out-of-dialog request
@@ -49,6 +58,14 @@ end
 -- Called on SIGUSR1.
 function SystemEvents.on_user_reload()
   log.notice("user reload requested")
+end
+
+-- Built-in events have handlers too (the README lists them all with their params).
+event_route["E_CORE_RELOAD"] = function()
+  local status, err = fetch_event_params("status", "error")
+  if status ~= "ok" then
+    log.warn("reload refused, still running the previous server.lua: %s", err)
+  end
 end
 
 -- Called on SIGTERM/SIGINT, before lunasip exits. error is nil on a normal shutdown.

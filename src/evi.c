@@ -1117,6 +1117,9 @@ int evi_subscribe(const char *event, size_t elen, const char *socket, size_t sle
         return rc;
     }
     if (!E.inited) {
+        int rc = evi_socket_check(norm, strlen(norm), err, errlen);
+        if (rc != 0)
+            return rc;
         snprintf(err, errlen, "the event interface is not running");
         return -EAGAIN;
     }
@@ -1258,8 +1261,16 @@ int evi_raise(const char *name, size_t nlen, const struct evi_param *p, size_t n
     if (rc == 0 && flat)
         rc = build_flat(pl, p, n);
     if (rc != 0) {
-        if (rc == -E2BIG)
-            LOG_WARN("event %s not delivered: payload above %d bytes", ev->name, EVI_PAYLOAD_MAX);
+        /* lost for every subscriber: counted and reported like any other drop */
+        LOG_WARN("event %s not delivered to its %zu subscription(s): %s", ev->name, ev->nsubs,
+                 rc == -E2BIG ? "payload above 64 KB" : "out of memory");
+        for (size_t i = 0; i < ev->nsubs; i++) {
+            struct evi_sub *sub = ev->subs[i];
+            sub->dropped++;
+            sub->unreported++;
+            stats.events_dropped++;
+            schedule_report(sub);
+        }
         payload_unref(pl);
         return rc;
     }

@@ -173,7 +173,6 @@ static int do_reload(char *err, size_t errlen)
     evi_handlers_changed();
     evi_script_load_end(1);
     evi_configure(&ecfg);
-    evi_reopen(NULL);
     stats.reloads_ok++;
     LOG_NOTICE("reload done: %s is now generation %u", cfg.script, lvm_generation(vm));
     return 0;
@@ -183,6 +182,9 @@ static int do_reload(char *err, size_t errlen)
 static int reload(char *err, size_t errlen)
 {
     err[0] = 0;
+    /* flatstore files reopen on every HUP, even when the new config is refused: log
+     * rotation relies on it */
+    evi_reopen(NULL);
     int rc = do_reload(err, errlen);
     struct evi_param p[] = {
         EVI_STR("status", rc == 0 ? "ok" : "failed"),

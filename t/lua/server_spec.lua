@@ -69,6 +69,13 @@ describe("conf/server.lua", function()
     saved_proxy = lunasip.Proxy
     rawset(_G, "SipEvents", {})
     rawset(_G, "SystemEvents", {})
+    -- the event globals the core's bootstrap sets (src/lvm.c)
+    local ev = lunasip.events
+    rawset(_G, "event_route", ev.event_route)
+    rawset(_G, "raise_event", ev.raise_event)
+    rawset(_G, "subscribe_event", ev.subscribe_event)
+    rawset(_G, "unsubscribe_event", ev.unsubscribe_event)
+    rawset(_G, "fetch_event_params", ev.fetch_event_params)
     lunasip.Proxy = recorder()
     routed, live = {}, {}
     C.lapi_add_local_address("127.0.0.1", 5060)
@@ -83,6 +90,10 @@ describe("conf/server.lua", function()
     rawset(_G, "SystemEvents", saved_sys)
     C.lapi_clear_local()
     C.log_set_level(1) -- info, the default
+  end)
+
+  it("handles a refused reload in event_route[\"E_CORE_RELOAD\"]", function()
+    assert.is_function(event_route["E_CORE_RELOAD"])
   end)
 
   it("defines the OverSIP callbacks", function()
