@@ -22,6 +22,7 @@
 #include "lapi.h"
 #include "log.h"
 #include "lvm.h"
+#include "metrics.h"
 #include "proxy.h"
 #include "sip_core.h"
 #include "sip_msg.h"
@@ -273,6 +274,8 @@ static int drop_privileges(void)
             LOG_ERROR("-g %s: no such group", opt.group);
             return -1;
         }
+        if (cfg.control_socket && chown(cfg.control_socket, (uid_t)-1, gr->gr_gid) == -1)
+            LOG_WARN("-g %s: cannot hand %s over: %s", opt.group, cfg.control_socket, strerror(errno));
         if (setgroups(0, NULL) == -1 || setgid(gr->gr_gid) == -1) {
             LOG_ERROR("-g %s: %s", opt.group, strerror(errno));
             return -1;
@@ -288,6 +291,9 @@ static int drop_privileges(void)
             LOG_ERROR("-u %s: setgid: %s", opt.user, strerror(errno));
             return -1;
         }
+        /* the control socket stays usable by the user lunasip runs as */
+        if (cfg.control_socket && chown(cfg.control_socket, pw->pw_uid, opt.group ? (gid_t)-1 : pw->pw_gid) == -1)
+            LOG_WARN("-u %s: cannot hand %s over: %s", opt.user, cfg.control_socket, strerror(errno));
         if (setuid(pw->pw_uid) == -1) {
             LOG_ERROR("-u %s: %s", opt.user, strerror(errno));
             return -1;
@@ -473,6 +479,13 @@ int main(int argc, char **argv)
     }
     if (bind_listeners() != 0)
         return 1;
+    if (cfg.metrics_listen) {
+        char merr[256];
+        if (metrics_start(loop, cfg.metrics_listen, merr, sizeof(merr)) != 0) {
+            LOG_ERROR("core.metrics_listen: %s", merr);
+            return 1;
+        }
+    }
     sip_core_init();
     timer_attach(loop);
     proxy_set_profiles(&proxies);
@@ -520,6 +533,7 @@ int main(int argc, char **argv)
 
     LOG_NOTICE("lunasip stopped");
     ctl_stop();
+    metrics_stop();
     evi_shutdown(1.0);
     txn_shutdown();
     proxy_shutdown();
