@@ -52,6 +52,7 @@ struct member {
 struct evi_sub {
     struct evi_event *ev;
     char *socket;
+    char *shown;               /* socket with passwords masked */
     enum policy pol;
     struct member m[EVI_VIRTUAL_MAX];
     size_t nm;
@@ -130,6 +131,7 @@ static struct {
 
     struct evi_sub *reports;
     struct timer report_timer;
+    struct timer linger_timer;
 
     int loading;
     struct pending *pending, **ptail;
@@ -490,8 +492,10 @@ static void enqueue(struct evi_sink *s, struct evi_job *j)
 struct evi_job *evi_sink_take(struct evi_sink *s)
 {
     struct evi_job *j = q_pop_front(s);
-    if (j)
+    if (j) {
         j->taken = 1;
+        s->taken++;
+    }
     return j;
 }
 
@@ -504,6 +508,8 @@ void evi_sink_untake(struct evi_sink *s, struct evi_job *j)
     s->qhead = (s->qhead + s->qcap - 1) % s->qcap;
     s->q[s->qhead] = j;
     s->qlen++;
+    if (j->taken)
+        s->taken--;
     j->taken = 0;
     j->sink = s;
 }
@@ -626,8 +632,8 @@ static void job_fail(struct evi_job *j, int err)
         if (!sub->dead) {
             int i = next_member(sub, j, sub->pol == POL_RR ? j->member + 1u : 0);
             if (i >= 0) {
-                LOG_DEBUG("event %s to %s failed (%s): trying %s", j->p->ev->name, m->sink->socket,
-                          strerror(-err), sub->m[i].sink->socket);
+                LOG_DEBUG("event %s to %s failed (%s): trying %s", j->p->ev->name, m->sink->shown,
+                          strerror(-err), sub->m[i].sink->shown);
                 send_to_member(sub, j, i);
                 return;
             }
@@ -638,6 +644,10 @@ static void job_fail(struct evi_job *j, int err)
 
 void evi_job_done(struct evi_job *j, int err)
 {
+    if (j->taken) {
+        j->taken = 0;
+        j->sink->taken--;
+    }
     if (err < 0) {
         job_fail(j, err);
         return;
@@ -681,6 +691,40 @@ static void deliver(struct evi_sub *sub, struct evi_payload *p)
 
 /* ------------------------------------------------------------------------------------------
  * Sinks */
+
+void evi_socket_mask(const char *s, char *out, size_t outlen)
+{
+    size_t o = 0;
+    if (!outlen)
+        return;
+    while (*s && o + 1 < outlen) {
+        if (strncmp(s, "rabbitmq:", 9) == 0) {
+            /* rabbitmq:[USER[:PASS]@]HOST...: the member ends at a blank */
+            size_t end = strcspn(s, " \t");
+            const char *at = memchr(s, '@', end);
+            const char *slash = memchr(s + 9, '/', end - 9);
+            const char *colon = at ? memchr(s + 9, ':', (size_t)(at - s - 9)) : NULL;
+            if (at && colon && (!slash || at < slash)) {
+                size_t head = (size_t)(colon + 1 - s);
+                int n = snprintf(out + o, outlen - o, "%.*s***", (int)head, s);
+                o += n > 0 ? (size_t)n : 0;
+                if (o >= outlen)
+                    o = outlen - 1;
+                s = at;
+                continue;
+            }
+        }
+        out[o++] = *s++;
+    }
+    out[o] = 0;
+}
+
+static char *masked_dup(const char *s)
+{
+    char buf[EVI_SOCKET_MAX + 8];
+    evi_socket_mask(s, buf, sizeof(buf));
+    return strdup(buf);
+}
 
 #pragma weak evi_udp_ops
 #pragma weak evi_unix_ops
@@ -751,12 +795,15 @@ static int sink_open(const char *s, int check_only, struct evi_sink **out, char 
     if (!check_only) {
         for (struct evi_sink *k = E.sinks; k; k = k->next)
             if (strcmp(k->socket, s) == 0) {
+                k->lingering = 0; /* subscribed again before it closed */
                 *out = k;
                 return 0;
             }
     }
     struct evi_sink *k = calloc(1, ops->size);
-    if (!k || !(k->socket = strdup(s))) {
+    if (!k || !(k->socket = strdup(s)) || !(k->shown = masked_dup(s))) {
+        if (k)
+            free(k->socket);
         free(k);
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
@@ -767,20 +814,45 @@ static int sink_open(const char *s, int check_only, struct evi_sink **out, char 
     int rc = ops->open(k, check_only, err, errlen);
     if (rc != 0 || check_only) {
         free(k->socket);
+        free(k->shown);
         free(k);
         return rc;
     }
     k->next = E.sinks;
     E.sinks = k;
     *out = k;
-    LOG_INFO("event socket %s opened", k->socket);
+    LOG_INFO("event socket %s opened", k->shown);
     return 0;
 }
 
+#define LINGER_MAX_MS 10000
+#define LINGER_TICK_MS 100
+
+static void on_linger(struct timer *t);
+
+/* The last subscription let the sink go: it stays open while jobs raised before are still
+ * queued or held by the driver (up to connect + send timeout, at most 10 s), so an
+ * unsubscribe or an expiry does not lose them. Closed from the loop, never from inside a
+ * driver's own callback. */
 static void sink_unref(struct evi_sink *s)
 {
     if (--s->refs > 0)
         return;
+    uint64_t now = timer_now();
+    if (!E.shutting_down && (s->qlen || s->taken)) {
+        if (!s->lingering) {
+            double ms = (E.cfg.connect_timeout + E.cfg.send_timeout) * 1000.0;
+            s->lingering = 1;
+            s->linger_until = now + (ms < 1000 ? 1000 : ms > LINGER_MAX_MS ? LINGER_MAX_MS : (uint64_t)ms);
+            LOG_DEBUG("event socket %s: %zu event(s) still to deliver before it closes", s->shown,
+                      s->qlen + s->taken);
+        }
+        if (now < s->linger_until) {
+            if (E.inited && !timer_armed(&E.linger_timer))
+                timer_start(&E.linger_timer, LINGER_TICK_MS);
+            return;
+        }
+    }
     for (struct evi_sink **pp = &E.sinks; *pp; pp = &(*pp)->next)
         if (*pp == s) {
             *pp = s->next;
@@ -796,10 +868,31 @@ static void sink_unref(struct evi_sink *s)
     while ((j = q_pop_front(s)) != NULL)
         job_fail(j, -ECANCELED);
     s->ops->close(s);
-    LOG_INFO("event socket %s closed", s->socket);
+    LOG_INFO("event socket %s closed", s->shown);
     free(s->q);
     free(s->socket);
+    free(s->shown);
     free(s);
+}
+
+static void on_linger(struct timer *t)
+{
+    (void)t;
+    int left = 0;
+    struct evi_sink *s = E.sinks;
+    while (s) {
+        struct evi_sink *next = s->next;
+        if (s->lingering && s->refs == 0) {
+            s->refs++;
+            sink_unref(s); /* closes it when done or out of time */
+        }
+        s = next;
+    }
+    for (s = E.sinks; s; s = s->next)
+        if (s->lingering && s->refs == 0)
+            left = 1;
+    if (left)
+        timer_start(&E.linger_timer, LINGER_TICK_MS);
 }
 
 void evi_sink_set_state(struct evi_sink *s, enum evi_sink_state st, const char *why)
@@ -813,13 +906,13 @@ void evi_sink_set_state(struct evi_sink *s, enum evi_sink_state st, const char *
     if (st == EVI_SINK_UP) {
         s->up_gen++;
         if (old == EVI_SINK_DOWN)
-            LOG_NOTICE("event socket %s is up again%s%s", s->socket, why ? ": " : "", why ? why : "");
+            LOG_NOTICE("event socket %s is up again%s%s", s->shown, why ? ": " : "", why ? why : "");
         else
-            LOG_INFO("event socket %s is up%s%s", s->socket, why ? ": " : "", why ? why : "");
+            LOG_INFO("event socket %s is up%s%s", s->shown, why ? ": " : "", why ? why : "");
         mark_dirty(s);
     } else if (st == EVI_SINK_DOWN) {
         if (old != EVI_SINK_DOWN)
-            LOG_WARN("event socket %s is down: %s", s->socket, why ? why : "delivery failed");
+            LOG_WARN("event socket %s is down: %s", s->shown, why ? why : "delivery failed");
         /* queued fail-fast jobs go to their next member now */
         size_t n = s->qlen;
         for (size_t k = 0; k < n; k++) {
@@ -840,6 +933,7 @@ static void sub_unref(struct evi_sub *s)
     if (--s->refs > 0)
         return;
     free(s->socket);
+    free(s->shown);
     free(s);
 }
 
@@ -865,7 +959,7 @@ static void on_expire(struct timer *t)
 {
     struct evi_sub *sub = (struct evi_sub *)((char *)t - offsetof(struct evi_sub, timer));
     stats.events_expired++;
-    LOG_INFO("subscription of %s to %s expired", sub->ev->name, sub->socket);
+    LOG_INFO("subscription of %s to %s expired", sub->ev->name, sub->shown);
     sub_remove(sub);
 }
 
@@ -978,7 +1072,25 @@ static int parse_socket(const char *sock, struct evi_sub *sub, int check_only, c
     return 0;
 }
 
+/* Error texts quote the socket: never with its password. */
+static int masked_err(int rc, char *err, size_t errlen)
+{
+    if (rc != 0 && errlen) {
+        char tmp[1024];
+        snprintf(tmp, sizeof(tmp), "%s", err);
+        evi_socket_mask(tmp, err, errlen);
+    }
+    return rc;
+}
+
+static int socket_check(const char *socket, size_t slen, char *err, size_t errlen);
+
 int evi_socket_check(const char *socket, size_t slen, char *err, size_t errlen)
+{
+    return masked_err(socket_check(socket, slen, err, errlen), err, errlen);
+}
+
+static int socket_check(const char *socket, size_t slen, char *err, size_t errlen)
 {
     char norm[EVI_SOCKET_MAX];
     if (slen >= EVI_SOCKET_MAX || memchr(socket, 0, slen) || !normalize(socket, slen, norm, sizeof(norm))) {
@@ -1028,9 +1140,9 @@ static int subscribe_now(const char *event, size_t elen, const char *norm, doubl
     if (sub) {
         set_expiry(sub, expire);
         if (expire > 0)
-            LOG_INFO("subscription of %s to %s refreshed (expires in %g s)", ev->name, norm, expire);
+            LOG_INFO("subscription of %s to %s refreshed (expires in %g s)", ev->name, sub->shown, expire);
         else
-            LOG_INFO("subscription of %s to %s refreshed (never expires)", ev->name, norm);
+            LOG_INFO("subscription of %s to %s refreshed (never expires)", ev->name, sub->shown);
         return 0;
     }
     if (ev->nsubs >= EVI_SUBS_MAX) {
@@ -1048,7 +1160,9 @@ static int subscribe_now(const char *event, size_t elen, const char *norm, doubl
         ev->subcap = cap;
     }
     sub = calloc(1, sizeof(*sub));
-    if (!sub || !(sub->socket = strdup(norm))) {
+    if (!sub || !(sub->socket = strdup(norm)) || !(sub->shown = masked_dup(norm))) {
+        if (sub)
+            free(sub->socket);
         free(sub);
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
@@ -1060,6 +1174,7 @@ static int subscribe_now(const char *event, size_t elen, const char *norm, doubl
     int rc = parse_socket(norm, sub, 0, err, errlen);
     if (rc != 0) {
         free(sub->socket);
+        free(sub->shown);
         free(sub);
         return rc;
     }
@@ -1069,9 +1184,9 @@ static int subscribe_now(const char *event, size_t elen, const char *norm, doubl
     ev->subs[ev->nsubs++] = sub;
     set_expiry(sub, expire);
     if (expire > 0)
-        LOG_INFO("%s subscribed to %s (expires in %g s)", norm, ev->name, expire);
+        LOG_INFO("%s subscribed to %s (expires in %g s)", sub->shown, ev->name, expire);
     else
-        LOG_INFO("%s subscribed to %s (never expires)", norm, ev->name);
+        LOG_INFO("%s subscribed to %s (never expires)", sub->shown, ev->name);
     return 0;
 }
 
@@ -1091,8 +1206,17 @@ static int add_pending(int unsub, const char *event, size_t elen, const char *no
     return 0;
 }
 
+static int subscribe(const char *event, size_t elen, const char *socket, size_t slen, double expire,
+                     enum evi_src src, char *err, size_t errlen);
+
 int evi_subscribe(const char *event, size_t elen, const char *socket, size_t slen, double expire,
                   enum evi_src src, char *err, size_t errlen)
+{
+    return masked_err(subscribe(event, elen, socket, slen, expire, src, err, errlen), err, errlen);
+}
+
+static int subscribe(const char *event, size_t elen, const char *socket, size_t slen, double expire,
+                     enum evi_src src, char *err, size_t errlen)
 {
     char norm[EVI_SOCKET_MAX];
     if (!evi_name_valid(event, elen)) {
@@ -1111,13 +1235,13 @@ int evi_subscribe(const char *event, size_t elen, const char *socket, size_t sle
         return -EINVAL;
     }
     if (E.loading && src == EVI_SRC_SCRIPT) {
-        int rc = evi_socket_check(norm, strlen(norm), err, errlen);
+        int rc = socket_check(norm, strlen(norm), err, errlen);
         if (rc == 0 && (rc = add_pending(0, event, elen, norm, expire)) != 0)
             snprintf(err, errlen, "out of memory");
         return rc;
     }
     if (!E.inited) {
-        int rc = evi_socket_check(norm, strlen(norm), err, errlen);
+        int rc = socket_check(norm, strlen(norm), err, errlen);
         if (rc != 0)
             return rc;
         snprintf(err, errlen, "the event interface is not running");
@@ -1142,7 +1266,7 @@ int evi_unsubscribe(const char *event, size_t elen, const char *socket, size_t s
     struct evi_sub *sub = find_sub(E.events[id], norm);
     if (!sub)
         return -ENOENT;
-    LOG_INFO("%s unsubscribed from %s", norm, E.events[id]->name);
+    LOG_INFO("%s unsubscribed from %s", sub->shown, E.events[id]->name);
     sub_remove(sub);
     return 0;
 }
@@ -1166,7 +1290,12 @@ void evi_script_load_end(int installed)
                 evi_unsubscribe(p->event, strlen(p->event), p->socket, strlen(p->socket));
             else if (subscribe_now(p->event, strlen(p->event), p->socket, p->expire, EVI_SRC_SCRIPT, err,
                                    sizeof(err)) != 0)
-                LOG_ERROR("subscribe_event(%s, %s): %s", p->event, p->socket, err);
+            {
+                char shown[EVI_SOCKET_MAX + 8], why[1024];
+                evi_socket_mask(p->socket, shown, sizeof(shown));
+                evi_socket_mask(err, why, sizeof(why));
+                LOG_ERROR("subscribe_event(%s, %s): %s", p->event, shown, why);
+            }
         }
         free(p->event);
         free(p->socket);
@@ -1239,6 +1368,11 @@ int evi_raise(const char *name, size_t nlen, const struct evi_param *p, size_t n
 {
     if (!params_valid(p, n))
         return -EINVAL;
+    if (E.loading) {
+        /* server.lua is loading and may yet be refused: it raises nothing (SPEC 5.6) */
+        LOG_DEBUG("raise_event(%.*s) while server.lua loads: ignored", (int)nlen, name);
+        return 0;
+    }
     int id = evi_publish(name, nlen);
     if (id < 0)
         return id;
@@ -1383,12 +1517,12 @@ static void on_report(struct timer *t)
         sub->unreported = 0;
         if (n) {
             LOG_WARN("%llu event(s) %s to %s dropped in the last second (%llu in all)",
-                     (unsigned long long)n, sub->ev->name, sub->socket, (unsigned long long)sub->dropped);
+                     (unsigned long long)n, sub->ev->name, sub->shown, (unsigned long long)sub->dropped);
             /* drops of E_EVENT_DROPPED itself are logged, never raised again */
             if (strcmp(sub->ev->name, "E_EVENT_DROPPED") != 0) {
                 struct evi_param p[] = {
                     EVI_STRN("event", sub->ev->name, sub->ev->nlen),
-                    EVI_STR("socket", sub->socket),
+                    EVI_STR("socket", sub->shown),
                     EVI_INT("count", n),
                 };
                 evi_raise("E_EVENT_DROPPED", 15, p, 3, 1);
@@ -1445,6 +1579,7 @@ int evi_init(struct ev_loop *loop, const struct evi_config *cfg)
     if (E.cfg.queue_limit < 1)
         E.cfg.queue_limit = 1;
     timer_init(&E.report_timer, on_report);
+    timer_init(&E.linger_timer, on_linger);
     if (loop) {
         ev_prepare_init(&E.prepare, on_prepare);
         ev_prepare_start(loop, &E.prepare);
@@ -1468,7 +1603,7 @@ static size_t busy_sinks(void)
 {
     size_t n = 0;
     for (struct evi_sink *s = E.sinks; s; s = s->next)
-        if (s->qlen)
+        if (s->qlen || s->taken)
             n++;
     return n;
 }
@@ -1511,6 +1646,13 @@ void evi_shutdown(double grace)
         sub_unref(s);
     }
     timer_stop(&E.report_timer);
+    timer_stop(&E.linger_timer);
+    /* sinks left lingering close now */
+    while (E.sinks) {
+        struct evi_sink *s = E.sinks;
+        s->refs++;
+        sink_unref(s);
+    }
     struct hitem *h;
     while ((h = E.hhead) != NULL) {
         E.hhead = h->next;
@@ -1569,7 +1711,7 @@ int evi_sub_info(int id, size_t idx, struct evi_sub_info *out)
     if (id < 0 || (size_t)id >= E.nevents || idx >= E.events[id]->nsubs)
         return -ENOENT;
     struct evi_sub *s = E.events[id]->subs[idx];
-    out->socket = s->socket;
+    out->socket = s->shown;
     out->expire = s->expire;
     out->expires_in = 0;
     if (s->expires_at) {
@@ -1598,7 +1740,7 @@ int evi_sink_info(size_t idx, struct evi_sink_info *out)
         s = s->next;
     if (!s)
         return -ENOENT;
-    out->socket = s->socket;
+    out->socket = s->shown;
     out->state = names[s->state];
     out->queued = s->qlen;
     out->delivered = s->delivered;

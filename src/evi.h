@@ -94,6 +94,9 @@ int evi_subscribe(const char *event, size_t elen, const char *socket, size_t sle
                   enum evi_src src, char *err, size_t errlen);
 /* 0, or -ENOENT when no such subscription. */
 int evi_unsubscribe(const char *event, size_t elen, const char *socket, size_t slen);
+/* Copies socket into out with the password of every rabbitmq: member replaced by "***",
+ * for logs and answers (always NUL-terminated, truncated to outlen). */
+void evi_socket_mask(const char *socket, char *out, size_t outlen);
 /* Only checks a socket string (config checks, control socket). 0 or -EINVAL with err. */
 int evi_socket_check(const char *socket, size_t slen, char *err, size_t errlen);
 
@@ -116,7 +119,7 @@ size_t evi_event_count(void);
 int evi_event_info(int id, struct evi_event_info *out);
 
 struct evi_sub_info {
-    const char *socket;
+    const char *socket;  /* with passwords masked (evi_socket_mask) */
     double expire;      /* the period subscribed for, 0 = never */
     double expires_in;  /* seconds left, 0 = never */
     int src;            /* enum evi_src */
@@ -126,7 +129,8 @@ struct evi_sub_info {
 int evi_sub_info(int id, size_t idx, struct evi_sub_info *out);
 
 struct evi_sink_info {
-    const char *socket;    /* a concrete sink (virtual: members are listed on their own) */
+    const char *socket;    /* a concrete sink (virtual: members are listed on their own),
+                            * with its password masked */
     const char *state;     /* "unknown" | "up" | "down" */
     size_t queued;
     uint64_t delivered, failed, dropped;

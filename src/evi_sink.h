@@ -43,6 +43,8 @@ struct evi_sink {
     const struct evi_sink_ops *ops;
     struct ev_loop *loop;
     char *socket;                 /* the text as subscribed, e.g. "udp:127.0.0.1:8888" */
+    char *shown;                  /* the same with any password masked ("rabbitmq:u:***@h/k"):
+                                   * what logs and answers show */
     const char *addr;             /* socket past "scheme:" ("127.0.0.1:8888"); for http the
                                    * whole "http://..." */
     enum evi_sink_state state;    /* set through evi_sink_set_state */
@@ -51,6 +53,9 @@ struct evi_sink {
     /* (core) */
     struct evi_job **q; size_t qhead, qlen, qcap;
     uint64_t down_since;          /* timer clock ms of the last DOWN report */
+    size_t taken;                 /* jobs the driver holds */
+    int lingering;                /* unsubscribed: open until its jobs are out (or linger_until) */
+    uint64_t linger_until;
     int refs;
     int flush_pending;
     struct evi_sink *next, *dirty_next;

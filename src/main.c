@@ -187,9 +187,10 @@ static int reload(char *err, size_t errlen)
      * rotation relies on it */
     evi_reopen(NULL);
     int rc = do_reload(err, errlen);
+    /* the error's first line (file:line: message), not the traceback under it */
     struct evi_param p[] = {
         EVI_STR("status", rc == 0 ? "ok" : "failed"),
-        EVI_STR("error", err),
+        EVI_STRN("error", err, strcspn(err, "\n")),
     };
     if (rc == 0)
         p[1].type = EVI_T_NIL; /* SPEC §5.5: error is null after a good reload */

@@ -139,7 +139,9 @@ function M.raise_event(name, params)
       end
     end
   end
-  local rc = C.lunasip_event_raise(name, #name, parr, n, handler(name) and 1 or 0)
+  -- with handlers always: the core asks the script installed when the handlers run (a
+  -- callback of a script replaced by a reload raises for the new one's event_route)
+  local rc = C.lunasip_event_raise(name, #name, parr, n, 1)
   for i = 0, n - 1 do -- do not keep the strings of this raise reachable from C
     parr[i].name, parr[i].s = nil, nil
   end

@@ -152,6 +152,7 @@ static void setup(const struct evi_config *cfg)
 }
 
 static const struct evi_config small = { 4, 0, 1, 1, 1, 0 };
+#define LINGER_TEST_MS 200
 
 /* ----- payloads ----- */
 
@@ -256,6 +257,26 @@ static void test_sockets(void)
     CHECK(unsub("E_T", "test:a") == 0);
     CHECK(T[tidx("a")].closed == 2);
     CHECK(evi_sink_count() == 0);
+    evi_shutdown(0);
+}
+
+static void test_mask(void)
+{
+    char out[256];
+    evi_socket_mask("rabbitmq:user:secret@127.0.0.1:5672/key", out, sizeof(out));
+    CHECK_MSG(strcmp(out, "rabbitmq:user:***@127.0.0.1:5672/key") == 0, "got %s", out);
+    evi_socket_mask("virtual:FAILOVER rabbitmq:u:p@h/k flatstore:/x@y:z rabbitmq:guest@h/k rabbitmq:h/a:b@c", out,
+                    sizeof(out));
+    CHECK_MSG(strcmp(out, "virtual:FAILOVER rabbitmq:u:***@h/k flatstore:/x@y:z rabbitmq:guest@h/k rabbitmq:h/a:b@c") == 0,
+              "got %s", out);
+    evi_socket_mask("'rabbitmq:u:pw@h/k': bad", out, sizeof(out));
+    CHECK_MSG(strcmp(out, "'rabbitmq:u:***@h/k': bad") == 0, "got %s", out);
+    evi_socket_mask("rabbitmq:u:secret@h/k", out, 12);
+    CHECK(strlen(out) == 11 && !strstr(out, "secret"));
+    char err[512];
+    setup(NULL);
+    CHECK(evi_subscribe("E_M", 3, "rabbitmq:u:secret@h", 19, 0, EVI_SRC_CTL, err, sizeof(err)) != 0);
+    CHECK_MSG(!strstr(err, "secret"), "err %s", err);
     evi_shutdown(0);
 }
 
@@ -446,6 +467,43 @@ static void test_expiry(void)
     evi_shutdown(0);
 }
 
+static void test_unsubscribe_keeps_queued(void)
+{
+    timer_use_virtual_clock(1000);
+    setup(NULL);
+    /* raised, then unsubscribed before the loop ran: still delivered */
+    CHECK(sub("E_U", "test:u", 0) == 0);
+    CHECK(raise1("E_U", 1) == 1);
+    CHECK(unsub("E_U", "test:u") == 0);
+    CHECK(T[tidx("u")].closed == 0);
+    spin();
+    CHECK_MSG(strstr(T[tidx("u")].got, "\"id\":1}") != NULL, "got %s", T[tidx("u")].got);
+    timer_advance(LINGER_TEST_MS);
+    CHECK(T[tidx("u")].closed == 1);
+    /* a sink that cannot deliver is closed after its linger time, the events counted */
+    T[tidx("h")].mode = M_HOLD;
+    CHECK(sub("E_U", "test:h", 0) == 0);
+    raise1("E_U", 2);
+    spin();
+    uint64_t d0 = stats.events_dropped;
+    CHECK(unsub("E_U", "test:h") == 0);
+    timer_advance(500);
+    CHECK(T[tidx("h")].closed == 0);
+    timer_advance(11000);
+    CHECK(T[tidx("h")].closed == 1);
+    CHECK(stats.events_dropped == d0 + 1);
+    /* subscribing again while it lingers keeps the same sink */
+    T[tidx("g")].mode = M_HOLD;
+    CHECK(sub("E_U", "test:g", 0) == 0);
+    raise1("E_U", 3);
+    CHECK(unsub("E_U", "test:g") == 0);
+    CHECK(sub("E_U", "test:g", 0) == 0);
+    timer_advance(11000);
+    CHECK(T[tidx("g")].closed == 0 && T[tidx("g")].open == 1);
+    evi_shutdown(0);
+    CHECK(T[tidx("g")].closed == 1);
+}
+
 static void test_script_load(void)
 {
     setup(NULL);
@@ -548,12 +606,14 @@ int main(void)
     test_payloads();
     test_raise_validation();
     test_sockets();
+    test_mask();
     test_overflow();
     test_parallel();
     test_failover();
     test_failover_fail_fast();
     test_round_robin();
     test_expiry();
+    test_unsubscribe_keeps_queued();
     test_script_load();
     test_handlers();
     test_shutdown_with_queued();
