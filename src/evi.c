@@ -681,12 +681,12 @@ static void deliver(struct evi_sub *sub, struct evi_payload *p)
         stats.events_dropped++;
         return;
     }
-    size_t start = 0;
-    if (sub->pol == POL_RR) {
-        start = sub->rr;
-        sub->rr = (sub->rr + 1) % sub->nm;
-    }
-    send_to_member(sub, j, next_member(sub, j, start));
+    /* ROUND-ROBIN: the next event starts past the member this one goes to, so a member
+     * that is held does not hand its turn to its neighbour on top of the neighbour's own */
+    int i = next_member(sub, j, sub->pol == POL_RR ? sub->rr : 0);
+    if (sub->pol == POL_RR)
+        sub->rr = ((size_t)i + 1) % sub->nm;
+    send_to_member(sub, j, i);
 }
 
 /* ------------------------------------------------------------------------------------------

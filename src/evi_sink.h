@@ -127,5 +127,8 @@ void evi_set_test_driver(const struct evi_sink_ops *ops);
 /* Shared by drivers: "IP:PORT" or "[IPv6]:PORT" into a sockaddr; 0 or -EINVAL. */
 struct sockaddr_storage;
 int evi_parse_ipport(const char *s, size_t len, struct sockaddr_storage *ss, unsigned *sslen);
+/* The same; on failure *why (may be NULL) says what is wrong, e.g. "port missing". */
+int evi_parse_ipport_why(const char *s, size_t len, struct sockaddr_storage *ss, unsigned *sslen,
+                         const char **why);
 
 #endif
