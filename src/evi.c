@@ -7,7 +7,8 @@
  * A job waits in its sink's queue until the driver takes it (the loop's prepare watcher calls
  * the drivers' flush before the loop sleeps), and comes back through evi_job_done. A virtual:
  * subscription moves a failed job on to its next member; a job nobody delivered is counted as
- * dropped and reported once a second as E_EVENT_DROPPED. */
+ * dropped and reported once a second as E_EVENT_DROPPED. A sink whose last subscription goes
+ * lingers until what was raised before is out. */
 #include "evi.h"
 #include "evi_sink.h"
 
@@ -700,11 +701,13 @@ void evi_socket_mask(const char *s, char *out, size_t outlen)
     while (*s && o + 1 < outlen) {
         if (strncmp(s, "rabbitmq:", 9) == 0) {
             /* rabbitmq:[USER[:PASS]@]HOST...: the member ends at a blank */
+            /* the credentials end at the last '@' before the first '/', as the driver reads them */
             size_t end = strcspn(s, " \t");
-            const char *at = memchr(s, '@', end);
             const char *slash = memchr(s + 9, '/', end - 9);
+            size_t auth = slash ? (size_t)(slash - s) : end;
+            const char *at = memrchr(s, '@', auth);
             const char *colon = at ? memchr(s + 9, ':', (size_t)(at - s - 9)) : NULL;
-            if (at && colon && (!slash || at < slash)) {
+            if (at && colon) {
                 size_t head = (size_t)(colon + 1 - s);
                 int n = snprintf(out + o, outlen - o, "%.*s***", (int)head, s);
                 o += n > 0 ? (size_t)n : 0;
@@ -725,13 +728,6 @@ static char *masked_dup(const char *s)
     evi_socket_mask(s, buf, sizeof(buf));
     return strdup(buf);
 }
-
-#pragma weak evi_udp_ops
-#pragma weak evi_unix_ops
-#pragma weak evi_tcp_ops
-#pragma weak evi_flat_ops
-#pragma weak evi_rabbitmq_ops
-#pragma weak evi_http_ops
 
 static const struct evi_sink_ops *const *drivers(void)
 {
@@ -761,11 +757,7 @@ static const struct evi_sink_ops *find_driver(const char *s, size_t n, const cha
             return test_driver;
         }
     }
-    const struct evi_sink_ops *const *all = drivers();
-    for (size_t i = 0; i < 6; i++) {
-        const struct evi_sink_ops *const *d = &all[i];
-        if (!*d)
-            continue;
+    for (const struct evi_sink_ops *const *d = drivers(); *d; d++) {
         const char *sc = (*d)->scheme;
         size_t l = strlen(sc);
         if (strcmp(sc, "http") == 0) {
@@ -1179,7 +1171,7 @@ static int subscribe_now(const char *event, size_t elen, const char *norm, doubl
         return rc;
     }
     for (size_t i = 0; i < sub->nm; i++)
-        if (sub->m[i].sink->ops->flat || sub->m[i].sink->ops == &evi_flat_ops)
+        if (sub->m[i].sink->ops->flat)
             sub->needs_flat = 1;
     ev->subs[ev->nsubs++] = sub;
     set_expiry(sub, expire);

@@ -9,6 +9,7 @@
 
 #include "evi.h"
 #include "evi_sink.h"
+#include "log.h"
 #include "stats.h"
 #include "test.h"
 #include "timer.h"
@@ -269,6 +270,8 @@ static void test_mask(void)
                     sizeof(out));
     CHECK_MSG(strcmp(out, "virtual:FAILOVER rabbitmq:u:***@h/k flatstore:/x@y:z rabbitmq:guest@h/k rabbitmq:h/a:b@c") == 0,
               "got %s", out);
+    evi_socket_mask("rabbitmq:u:p@ss@h/k@x", out, sizeof(out));
+    CHECK_MSG(strcmp(out, "rabbitmq:u:***@h/k@x") == 0, "got %s", out);
     evi_socket_mask("'rabbitmq:u:pw@h/k': bad", out, sizeof(out));
     CHECK_MSG(strcmp(out, "'rabbitmq:u:***@h/k': bad") == 0, "got %s", out);
     evi_socket_mask("rabbitmq:u:secret@h/k", out, 12);
@@ -602,6 +605,7 @@ static void test_shutdown_with_queued(void)
 int main(void)
 {
     loop = ev_loop_new(EVFLAG_AUTO);
+    log_set_level(LOG_LVL_ERROR); /* the bus logs every subscription: keep the output to failures */
     timer_use_virtual_clock(1000);
     test_payloads();
     test_raise_validation();
