@@ -24,7 +24,7 @@ sys.dont_write_bytecode = True  # no __pycache__ in the checkout
 
 import lsip  # noqa: E402
 
-TOTAL_BUDGET = float(os.environ.get("LUNASIP_IT_BUDGET", "170"))  # seconds for the whole layer
+TOTAL_BUDGET = float(os.environ.get("LUNASIP_IT_BUDGET", "480"))  # seconds for the whole layer: a hang guard
 
 
 def discover(filters):
