@@ -1,6 +1,7 @@
 /* The event bus: event registry, raises, event_route handler queue, subscriptions with expiry,
  * virtual delivery policies and the bounded per-sink job queues that keep delivery off the
- * SIP path. SPEC §5.4, §5.5, §6. The sink drivers are in src/evi_<kind>.c (src/evi_sink.h).
+ * SIP path. SPEC §5.4, §5.5, §6. The sink drivers are in src/evi_<kind>.c (src/evi_sink.h),
+ * the event_route queue in src/evi_route.c, socket texts in src/evi_socket.c.
  *
  * Flow of one raise: the params are encoded once into the JSON-RPC notification (and, when a
  * flatstore sink listens, the flatstore line), shared by reference by one job per delivery.
@@ -11,6 +12,8 @@
  * lingers until what was raised before is out. */
 #include "evi.h"
 #include "evi_sink.h"
+#include "evi_route.h"
+#include "evi_socket.h"
 
 #include <errno.h>
 #include <ev.h>
@@ -78,8 +81,7 @@ struct evi_event {
     uint64_t raised;
     struct evi_sub **subs;
     size_t nsubs, subcap;
-    int hcache;        /* has event_route: valid when hepoch == handlers_epoch */
-    uint32_t hepoch;
+    struct evi_route_cache route;  /* does the script have event_route[name] */
 };
 
 struct evi_job {
@@ -91,15 +93,6 @@ struct evi_job {
     uint8_t taken;
     uint32_t tried;             /* members tried (bit per index) */
     struct evi_job *free_next;
-};
-
-/* A queued event_route invocation: the params are copied into one block. */
-struct hitem {
-    struct hitem *next;
-    struct evi_event *ev;
-    int depth;
-    size_t n;
-    struct evi_param *p;
 };
 
 /* ------------------------------------------------------------------------------------------
@@ -123,12 +116,6 @@ static struct {
     struct evi_job *free_jobs;
     size_t nfree_jobs;
 
-    struct hitem *hhead, **htail;
-    int hrunning;
-    int cur_depth;
-    struct hitem *current;
-    struct evi_hooks hooks;
-    uint32_t handlers_epoch;
 
     struct evi_sub *reports;
     struct timer report_timer;
@@ -138,7 +125,7 @@ static struct {
     struct pending *pending, **ptail;
     int shutting_down;
     int builtins_done;
-} E = { .htail = &E.hhead, .handlers_epoch = 1, .ptail = &E.pending };
+} E = { .ptail = &E.pending };
 
 /* Subscriptions made while a script loads (evi_script_load_begin). */
 struct pending {
@@ -693,35 +680,6 @@ static void deliver(struct evi_sub *sub, struct evi_payload *p)
 /* ------------------------------------------------------------------------------------------
  * Sinks */
 
-void evi_socket_mask(const char *s, char *out, size_t outlen)
-{
-    size_t o = 0;
-    if (!outlen)
-        return;
-    while (*s && o + 1 < outlen) {
-        if (strncmp(s, "rabbitmq:", 9) == 0) {
-            /* rabbitmq:[USER[:PASS]@]HOST...: the member ends at a blank */
-            /* the credentials end at the last '@' before the first '/', as the driver reads them */
-            size_t end = strcspn(s, " \t");
-            const char *slash = memchr(s + 9, '/', end - 9);
-            size_t auth = slash ? (size_t)(slash - s) : end;
-            const char *at = memrchr(s, '@', auth);
-            const char *colon = at ? memchr(s + 9, ':', (size_t)(at - s - 9)) : NULL;
-            if (at && colon) {
-                size_t head = (size_t)(colon + 1 - s);
-                int n = snprintf(out + o, outlen - o, "%.*s***", (int)head, s);
-                o += n > 0 ? (size_t)n : 0;
-                if (o >= outlen)
-                    o = outlen - 1;
-                s = at;
-                continue;
-            }
-        }
-        out[o++] = *s++;
-    }
-    out[o] = 0;
-}
-
 static char *masked_dup(const char *s)
 {
     char buf[EVI_SOCKET_MAX + 8];
@@ -729,59 +687,13 @@ static char *masked_dup(const char *s)
     return strdup(buf);
 }
 
-static const struct evi_sink_ops *const *drivers(void)
-{
-    static const struct evi_sink_ops *const d[] = {
-        &evi_udp_ops, &evi_unix_ops, &evi_tcp_ops, &evi_flat_ops, &evi_rabbitmq_ops, &evi_http_ops, NULL,
-    };
-    return d;
-}
-
-#define ALLOWED_SOCKETS "udp:IP:PORT, unix:/path, tcp:IP:PORT, flatstore:/path/file, " \
-    "rabbitmq:[USER[:PASS]@]HOST[:PORT]/[exchange=X;persistent;]ROUTING_KEY, " \
-    "http://IP:PORT/path or virtual:PARALLEL|FAILOVER|ROUND-ROBIN SOCKET SOCKET..."
-
-static const struct evi_sink_ops *test_driver;
-
-void evi_set_test_driver(const struct evi_sink_ops *ops)
-{
-    test_driver = ops;
-}
-
-static const struct evi_sink_ops *find_driver(const char *s, size_t n, const char **addr)
-{
-    if (test_driver) {
-        size_t l = strlen(test_driver->scheme);
-        if (n > l && strncmp(s, test_driver->scheme, l) == 0 && s[l] == ':') {
-            *addr = s + l + 1;
-            return test_driver;
-        }
-    }
-    for (const struct evi_sink_ops *const *d = drivers(); *d; d++) {
-        const char *sc = (*d)->scheme;
-        size_t l = strlen(sc);
-        if (strcmp(sc, "http") == 0) {
-            if (n > 7 && strncasecmp(s, "http://", 7) == 0) {
-                *addr = s;
-                return *d;
-            }
-            continue;
-        }
-        if (n > l && strncmp(s, sc, l) == 0 && s[l] == ':') {
-            *addr = s + l + 1;
-            return *d;
-        }
-    }
-    return NULL;
-}
-
 /* Opens (or only checks) a concrete sink for text s (NUL-terminated). */
 static int sink_open(const char *s, int check_only, struct evi_sink **out, char *err, size_t errlen)
 {
     const char *addr = NULL;
-    const struct evi_sink_ops *ops = find_driver(s, strlen(s), &addr);
+    const struct evi_sink_ops *ops = evi_socket_driver(s, strlen(s), &addr);
     if (!ops) {
-        snprintf(err, errlen, "'%s': unknown event socket; allowed: " ALLOWED_SOCKETS, s);
+        snprintf(err, errlen, "'%s': unknown event socket; allowed: " EVI_SOCKETS_ALLOWED, s);
         return -EINVAL;
     }
     if (!check_only) {
@@ -955,33 +867,6 @@ static void on_expire(struct timer *t)
     sub_remove(sub);
 }
 
-/* Copies s (n bytes) trimmed, and with the members of a virtual socket separated by one
- * space. NULL when too long. */
-static char *normalize(const char *s, size_t n, char *out, size_t outlen)
-{
-    while (n && (*s == ' ' || *s == '\t'))
-        s++, n--;
-    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
-        n--;
-    size_t o = 0;
-    int sp = 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (c == ' ' || c == '\t') {
-            sp = 1;
-            continue;
-        }
-        if (sp && o + 1 < outlen)
-            out[o++] = ' ';
-        sp = 0;
-        if (o + 1 >= outlen)
-            return NULL;
-        out[o++] = c;
-    }
-    out[o] = 0;
-    return out;
-}
-
 /* Parses a socket text into sub's policy and members (opened unless check_only). */
 static int parse_socket(const char *sock, struct evi_sub *sub, int check_only, char *err, size_t errlen)
 {
@@ -1085,7 +970,7 @@ int evi_socket_check(const char *socket, size_t slen, char *err, size_t errlen)
 static int socket_check(const char *socket, size_t slen, char *err, size_t errlen)
 {
     char norm[EVI_SOCKET_MAX];
-    if (slen >= EVI_SOCKET_MAX || memchr(socket, 0, slen) || !normalize(socket, slen, norm, sizeof(norm))) {
+    if (slen >= EVI_SOCKET_MAX || memchr(socket, 0, slen) || !evi_socket_normalize(socket, slen, norm, sizeof(norm))) {
         snprintf(err, errlen, "event socket longer than %d bytes or with a NUL byte", EVI_SOCKET_MAX - 1);
         return -EINVAL;
     }
@@ -1220,10 +1105,10 @@ static int subscribe(const char *event, size_t elen, const char *socket, size_t 
         snprintf(err, errlen, "expire %g: must be 0 (never) or a number of seconds", expire);
         return -EINVAL;
     }
-    if (slen >= EVI_SOCKET_MAX || memchr(socket, 0, slen) || !normalize(socket, slen, norm, sizeof(norm)) ||
+    if (slen >= EVI_SOCKET_MAX || memchr(socket, 0, slen) || !evi_socket_normalize(socket, slen, norm, sizeof(norm)) ||
         !norm[0]) {
         snprintf(err, errlen, "event socket empty, longer than %d bytes or with a NUL byte; allowed: "
-                 ALLOWED_SOCKETS, EVI_SOCKET_MAX - 1);
+                 EVI_SOCKETS_ALLOWED, EVI_SOCKET_MAX - 1);
         return -EINVAL;
     }
     if (E.loading && src == EVI_SRC_SCRIPT) {
@@ -1245,7 +1130,7 @@ static int subscribe(const char *event, size_t elen, const char *socket, size_t 
 int evi_unsubscribe(const char *event, size_t elen, const char *socket, size_t slen)
 {
     char norm[EVI_SOCKET_MAX];
-    if (slen >= EVI_SOCKET_MAX || !normalize(socket, slen, norm, sizeof(norm)))
+    if (slen >= EVI_SOCKET_MAX || !evi_socket_normalize(socket, slen, norm, sizeof(norm)))
         return -ENOENT;
     if (E.loading) {
         if (!evi_name_valid(event, elen))
@@ -1299,63 +1184,6 @@ void evi_script_load_end(int installed)
 /* ------------------------------------------------------------------------------------------
  * Raising */
 
-static int handler_wanted(struct evi_event *ev)
-{
-    if (!E.hooks.run_handler)
-        return 0;
-    if (ev->hepoch == E.handlers_epoch)
-        return ev->hcache;
-    return 1; /* unknown: queue, the dispatcher asks the script */
-}
-
-static void queue_handler(struct evi_event *ev, const struct evi_param *p, size_t n)
-{
-    int depth = E.current ? E.current->depth + 1 : 0;
-    if (depth > EVI_HANDLER_DEPTH_MAX) {
-        stats.events_depth_capped++;
-        LOG_WARN("event_route[\"%s\"] not run: raised %d handlers deep (limit %d)", ev->name, depth,
-                 EVI_HANDLER_DEPTH_MAX);
-        return;
-    }
-    size_t sz = sizeof(struct hitem) + n * sizeof(struct evi_param);
-    for (size_t i = 0; i < n; i++)
-        sz += (p[i].name ? p[i].nlen + 1 : 0) + (p[i].type == EVI_T_STR ? p[i].slen + 1 : 0);
-    struct hitem *h = malloc(sz);
-    if (!h) {
-        LOG_ERROR("event_route[\"%s\"] not run: out of memory", ev->name);
-        return;
-    }
-    h->next = NULL;
-    h->ev = ev;
-    h->depth = depth;
-    h->n = n;
-    h->p = (struct evi_param *)(h + 1);
-    char *blob = (char *)(h->p + n);
-    for (size_t i = 0; i < n; i++) {
-        h->p[i] = p[i];
-        if (p[i].name) {
-            memcpy(blob, p[i].name, p[i].nlen);
-            blob[p[i].nlen] = 0;
-            h->p[i].name = blob;
-            blob += p[i].nlen + 1;
-        }
-        if (p[i].type == EVI_T_STR) {
-            if (p[i].slen)
-                memcpy(blob, p[i].s, p[i].slen);
-            blob[p[i].slen] = 0;
-            h->p[i].s = blob;
-            blob += p[i].slen + 1;
-        } else {
-            h->p[i].s = NULL;
-            h->p[i].slen = 0;
-        }
-    }
-    *E.htail = h;
-    E.htail = &h->next;
-    if (E.loop && !ev_is_active(&E.idle))
-        ev_idle_start(E.loop, &E.idle);
-}
-
 int evi_raise(const char *name, size_t nlen, const struct evi_param *p, size_t n, int with_handlers)
 {
     if (!params_valid(p, n))
@@ -1371,8 +1199,9 @@ int evi_raise(const char *name, size_t nlen, const struct evi_param *p, size_t n
     struct evi_event *ev = E.events[id];
     ev->raised++;
     stats.events_raised++;
-    if (with_handlers && handler_wanted(ev))
-        queue_handler(ev, p, n);
+    if (with_handlers && evi_route_wanted(&ev->route) && evi_route_queue(ev->name, &ev->route, p, n) &&
+        E.loop && !ev_is_active(&E.idle))
+        ev_idle_start(E.loop, &E.idle); /* the handler runs before the loop sleeps */
     if (!ev->nsubs || !E.inited)
         return 0;
     struct evi_payload *pl = calloc(1, sizeof(*pl));
@@ -1432,68 +1261,6 @@ int evi_raise_core(const char *name, const struct evi_param *p, size_t n)
 }
 
 /* ------------------------------------------------------------------------------------------
- * event_route handlers */
-
-void evi_set_hooks(const struct evi_hooks *h)
-{
-    if (h)
-        E.hooks = *h;
-    else
-        memset(&E.hooks, 0, sizeof(E.hooks));
-    evi_handlers_changed();
-}
-
-void evi_handlers_changed(void)
-{
-    if (++E.handlers_epoch == 0)
-        E.handlers_epoch = 1;
-}
-
-void evi_run_handlers(void)
-{
-    if (E.hrunning || E.current)
-        return;
-    E.hrunning = 1;
-    int ran = 0;
-    struct hitem *h;
-    while ((h = E.hhead) != NULL) {
-        E.hhead = h->next;
-        if (!E.hhead)
-            E.htail = &E.hhead;
-        struct evi_event *ev = h->ev;
-        if (ev->hepoch != E.handlers_epoch && E.hooks.has_handler) {
-            ev->hcache = E.hooks.has_handler(ev->name) ? 1 : 0;
-            ev->hepoch = E.handlers_epoch;
-        }
-        if (ev->hcache && E.hooks.run_handler && !E.shutting_down) {
-            E.current = h;
-            stats.events_handlers++;
-            E.hooks.run_handler(ev->name);
-            E.current = NULL;
-            ran = 1;
-        }
-        free(h);
-    }
-    E.hrunning = 0;
-    if (ran && E.hooks.after_handlers)
-        E.hooks.after_handlers();
-}
-
-const char *evi_current_name(void)
-{
-    return E.current ? E.current->ev->name : NULL;
-}
-
-int evi_current_params(const struct evi_param **p, size_t *n)
-{
-    if (!E.current)
-        return -ENOENT;
-    *p = E.current->p;
-    *n = E.current->n;
-    return 0;
-}
-
-/* ------------------------------------------------------------------------------------------
  * Drop reports (SPEC §5.5 E_EVENT_DROPPED, rate-limited) */
 
 static void on_report(struct timer *t)
@@ -1547,11 +1314,11 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
     (void)loop;
     (void)w;
     (void)revents;
-    for (int round = 0; round < 4 && (E.hhead || E.dirty); round++) {
+    for (int round = 0; round < 4 && (evi_route_pending() || E.dirty); round++) {
         evi_run_handlers();
         flush_dirty();
     }
-    if (!E.hhead && !E.dirty && ev_is_active(&E.idle))
+    if (!evi_route_pending() && !E.dirty && ev_is_active(&E.idle))
         ev_idle_stop(E.loop, &E.idle);
 }
 
@@ -1645,12 +1412,7 @@ void evi_shutdown(double grace)
         s->refs++;
         sink_unref(s);
     }
-    struct hitem *h;
-    while ((h = E.hhead) != NULL) {
-        E.hhead = h->next;
-        free(h);
-    }
-    E.htail = &E.hhead;
+    evi_route_clear();
     evi_script_load_end(0);
     if (E.loop) {
         ev_ref(E.loop);
@@ -1668,12 +1430,8 @@ void evi_shutdown(double grace)
         E.free_jobs = j->free_next;
         free(j);
     }
-    struct evi_hooks hooks = E.hooks;
     memset(&E, 0, sizeof(E));
-    E.htail = &E.hhead;
     E.ptail = &E.pending;
-    E.handlers_epoch = 1;
-    E.hooks = hooks;
 }
 
 /* ------------------------------------------------------------------------------------------
