@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prints the benchmark table from the raw results bench/run.sh leaves in OUT:
-parse.txt and callgrind.txt (bench/parse_bench.c), options.json (bench/sip_bench.py) and
-calls.json (bench/sip_bench.py --mode calls).
+parse.txt and callgrind.txt (bench/parse_bench.c), options.json (bench/sip_bench.py),
+calls.json (bench/sip_bench.py --mode calls) and events.json (bench/evi_bench.py).
 usage: report.py OUT [WALL_SECONDS]"""
 import json
 import os
@@ -134,6 +134,175 @@ def calls_section(out):
     return rows, head, notes
 
 
+def events_section(out):
+    """The event-interface part (events.json from evi_bench.py): the SIP cost of raising one
+    event per request (no event / udp: sink / rabbitmq: sink) and the delivery throughput per
+    sink kind. Returns (sip table, sinks table, notes); a table is None when not run."""
+    path = os.path.join(out, "events.json")
+    if not os.path.exists(path):
+        return None, None, []
+    with open(path) as f:
+        e = json.load(f)
+    notes = []
+    quick = " (QUICK: not for quoting)" if e.get("quick") else ""
+    sip_tab = sinks_tab = None
+
+    sip = e.get("sip")
+    if sip:
+        failed = sip.get("failed", {})
+        s = sip.get("summary", {})
+        mx = sip.get("max_clean_rate")
+        head = ("events: SIP cost (OPTIONS, Lua)", "no event", "udp: sink", "ratio", "rabbitmq: sink", "ratio")
+
+        def cell(v, value, digits):
+            if v in failed:
+                return "n/a"
+            return num(value, digits) if value is not None else "-"
+
+        def ratio(v, a, b):
+            if v in failed or "none" in failed or a is None or not b:
+                return "-"
+            return "%.2f" % (a / b)
+
+        rows = []
+        for rate in sip.get("rates", []):
+            for label, key, digits in (("CPU us/req @%d/s" % rate, "us_per_req", 2),
+                                       ("server/SIPp CPU @%d/s" % rate, "server_over_sipp", 2)):
+                vals = {v: s.get("%s@%d" % (v, rate), {}).get(key) for v in ("none", "udp", "rabbitmq")}
+                mark = ""
+                if key == "us_per_req" and any(not x.get("all_clean", True) for k, x in s.items()
+                                               if k.endswith("@%d" % rate)):
+                    mark = " (!)"
+                rows.append((label + mark, cell("none", vals["none"], digits),
+                             cell("udp", vals["udp"], digits), ratio("udp", vals["udp"], vals["none"]),
+                             cell("rabbitmq", vals["rabbitmq"], digits),
+                             ratio("rabbitmq", vals["rabbitmq"], vals["none"])))
+            got = {}
+            for v in ("udp", "rabbitmq"):
+                x = s.get("%s@%d" % (v, rate), {})
+                if v in failed:
+                    got[v] = "n/a"
+                elif x.get("requests"):
+                    got[v] = "%.1f%%" % (100.0 * x["events_received"] / x["requests"])
+                else:
+                    got[v] = "-"
+            rows.append(("  events received/requests", "-", got["udp"], "", got["rabbitmq"], ""))
+        if mx is not None:
+            vals = {v: mx.get(v) for v in ("none", "udp", "rabbitmq")}
+            low = min(sip.get("steps_tried") or [0])
+
+            def mcell(v):
+                if v not in failed and vals[v] == 0:
+                    return "< " + num(low)  # not even the first step was clean
+                return cell(v, vals[v], 0)
+
+            def mratio(v):
+                return ratio(v, vals[v], vals["none"]) if vals[v] and vals["none"] else "-"
+            rows.append(("max clean rate (req/s)", mcell("none"), mcell("udp"), mratio("udp"), mcell("rabbitmq"),
+                         mratio("rabbitmq")))
+        sip_tab = (head, rows)
+        for v in ("none", "udp", "rabbitmq"):
+            if v in failed:
+                notes.append("events: SIP cost, %s n/a: %s" % (v, failed[v]))
+        notes.append("events: SIP cost = bench/options.xml (SIPp) against three lunasip instances whose server.lua "
+                     "answers OPTIONS with req:reply(200) and raises nothing / raise_event(\"E_BENCH\", {method, "
+                     "call_id, n}) per request to %s / to %s (events.json sockets); CPU = se.sum_exec_runtime of every "
+                     "thread of the instance (sink threads included) / requests; median of %d interleaved runs of %d s"
+                     "%s; ratio = variant / no event"
+                     % (sip.get("sockets", {}).get("udp") or "a udp: sink",
+                        sip.get("sockets", {}).get("rabbitmq") or "a rabbitmq: sink",
+                        sip["reps"], sip["seconds"], quick))
+        hl = []
+        for v in ("udp", "rabbitmq"):
+            x = s.get("%s@%d" % (v, sip["rates"][0]), {}) if sip.get("rates") else {}
+            if x.get("helper_us_per_req") is not None:
+                hl.append("%s %.1f us/event (%s)" % (v, x["helper_us_per_req"],
+                                                     "evsink" if v == "udp" else "broker + amqp_count consumer"))
+        if hl:
+            notes.append("events: CPU of the receiving side, not counted above, @%d/s: %s"
+                         % (sip["rates"][0], ", ".join(hl)))
+        for k, x in sorted(s.items()):
+            if x.get("events_dropped"):
+                notes.append("events: SIP cost, %s: %d events dropped, %d failed over the CPU runs"
+                             % (k, x["events_dropped"], x.get("events_failed", 0)))
+        if mx is not None:
+            notes.append("events: max clean rate: %d s per step, steps %s then %d rounds of bisection (to %d req/s), "
+                         "budget %d s; "
+                         "clean = no failed call, no retransmission, >= 95%% of the target rate (dropped events do "
+                         "not make a step unclean: lunasip drops and counts them by design); the broker and the "
+                         "receivers share the %d cores with SIPp and lunasip"
+                         % (sip["step_seconds"], "/".join(str(x // 1000) + "k" for x in sip["steps_tried"]),
+                            sip.get("bisect_rounds", 2), sip.get("resolution", 2500), sip["max_budget_s"], e["host"]["nproc"]))
+            for v, capped in sip.get("max_search_capped", {}).items():
+                if capped:
+                    notes.append("events: %s was clean at the highest step tried (%d/s); its limit is higher"
+                                 % (v, mx[v]))
+            if sip.get("max_search_cut"):
+                notes.append("events: the max-rate search hit its time budget; the figures are lower bounds")
+            for v in ("none", "udp", "rabbitmq"):
+                uncl = [r for r in sip.get("max_steps", []) if r["variant"] == v and not r["clean"]
+                        and not r.get("superseded")]
+                if uncl:
+                    r = min(uncl, key=lambda r: r["rate"])
+                    ev = ""
+                    if r.get("events_dropped"):
+                        ev = ", events dropped %d" % r["events_dropped"]
+                    if not r["retransmissions"] and not r["failed"]:
+                        who = {"udp": "SIPp, lunasip and the receiver", "rabbitmq": "SIPp, lunasip and the broker"}
+                        ev += " -> only the rate fell short (%s share the cores)" % who.get(v, "SIPp and lunasip")
+                    notes.append("events: %s lowest unclean step %d/s: %d retransmissions, %d failed, %.0f/s achieved"
+                                 "%s" % (v, r["rate"], r["retransmissions"], r["failed"], r["achieved_rate"], ev))
+        busy = [r for r in sip.get("cpu", []) if r.get("other_cores") is not None and r["other_cores"] > 0.25]
+        if busy:
+            notes.append("events: (!) other work used > 0.25 core during %d of %d SIP-cost CPU runs (max %.2f cores)"
+                         % (len(busy), len(sip["cpu"]), max(r["other_cores"] for r in busy)))
+
+    sk = e.get("sinks")
+    if sk:
+        failed = sk.get("failed", {})
+        s = sk.get("summary", {})
+        head = ("events: delivery per sink kind", "events/s", "lunasip us/event", "lunasip cores",
+                "receiver us/ev", "received")
+        prefix = {"udp": "udp:", "unix": "unix:", "tcp": "tcp:", "http": "http://", "flatstore": "flatstore:",
+                  "rabbitmq": "rabbitmq:"}
+        rows = []
+        for k in sk.get("kinds", []):
+            if k in failed or k not in s:
+                rows.append((prefix.get(k, k), "n/a", "n/a", "-", "-", "-"))
+                continue
+            x = s[k]
+            mark = "" if x["all_complete"] and not x.get("dropped") else " (!)"
+            rows.append((prefix.get(k, k) + mark, num(x["events_per_s"]), num(x["us_per_event"], 2),
+                         num(x.get("lunasip_cores"), 2),
+                         num(x.get("receiver_us_per_event"), 2) if k != "flatstore" else "-",
+                         "%.1f%%" % (100.0 * x["received"] / x["raised"]) if x["raised"] else "-"))
+        sinks_tab = (head, rows)
+        for k in sk.get("kinds", []):
+            if k in failed:
+                notes.append("events: sink %s n/a: %s" % (k, failed[k]))
+        notes.append("events: delivery = one lunasip subscribed to one event per sink kind, each to its own counting "
+                     "receiver (bench/events/evsink.c: udp, unix datagram, tcp newline-delimited, HTTP/1.1 keep-alive "
+                     "answering 200; the file for flatstore; amqp_count on a private RabbitMQ broker); OPTIONS bursts "
+                     "of %d raise_event calls, at most %d events raised and not yet received (events.queue_limit %d), "
+                     "fed for %.1f s then drained; events/s = received / (last arrival - first burst); lunasip us/event "
+                     "= its CPU (raising included) / received; lunasip cores = its CPU / the run's wall time (near 1: "
+                     "lunasip was the limit; lower: the sink's protocol, the receiver or the machine was); receiver "
+                     "us/event = the receiver's CPU (rabbitmq: broker + consumer); median of %d interleaved runs%s"
+                     % (sk["burst"], sk["window"], sk["queue_limit"], sk["feed_s"], sk["reps"], quick))
+        for k, x in s.items():
+            if x.get("dropped") or x.get("failed") or not x["all_complete"]:
+                notes.append("events: (!) sink %s: received %d of %d raised, lunasip counted %s dropped, %s failed"
+                             % (k, x["received"], x["raised"], x.get("dropped", "?"), x.get("failed", "?")))
+        busy = [r for r in sk.get("runs", []) if r.get("other_cores") is not None and r["other_cores"] > 0.25]
+        if busy:
+            notes.append("events: (!) other work used > 0.25 core during %d of %d delivery runs (max %.2f cores)"
+                         % (len(busy), len(sk["runs"]), max(r["other_cores"] for r in busy)))
+    b = e.get("broker")
+    if b:
+        notes.append("events: RabbitMQ %s, private node on 127.0.0.1:%d, accepting %.1f s after its start"
+                     % (b.get("version", "?"), b["port"], b["start_s"]))
+    return sip_tab, sinks_tab, notes
+
 
 def main():
     out = sys.argv[1]
@@ -241,8 +410,9 @@ def main():
                                                              r["retransmissions"], r["achieved_rate"]) for r in bad)))
 
     calls_rows, calls_head, calls_notes = calls_section(out)
+    ev_sip, ev_sinks, ev_notes = events_section(out)
     w = [34, 14, 19, 8]
-    if rows or not calls_rows:
+    if rows or not (calls_rows or ev_sip or ev_sinks):
         print("%-*s %*s %*s %*s" % (w[0], "benchmark", w[1], "lunasip", w[2], "libosip2/kamailio", w[3], "ratio"))
         for r in rows:
             print("%-*s %*s %*s %*s" % (w[0], r[0], w[1], r[1], w[2], r[2], w[3], r[3]))
@@ -255,15 +425,30 @@ def main():
             print("%-*s %*s %*s %*s %*s %*s" % (cw[0], r[0], cw[1], r[1], cw[2], r[2], cw[3], r[3], cw[4], r[4],
                                                cw[5], r[5]))
         print()
+    if ev_sip:
+        ew = [34, 10, 10, 6, 14, 6]
+        for r in [ev_sip[0]] + ev_sip[1]:
+            print("%-*s %*s %*s %*s %*s %*s" % (ew[0], r[0], ew[1], r[1], ew[2], r[2], ew[3], r[3], ew[4], r[4],
+                                               ew[5], r[5]))
+        print()
+    if ev_sinks:
+        ew = [34, 10, 16, 13, 14, 9]
+        for r in [ev_sinks[0]] + ev_sinks[1]:
+            print("%-*s %*s %*s %*s %*s %*s" % (ew[0], r[0], ew[1], r[1], ew[2], r[2], ew[3], r[3], ew[4], r[4],
+                                               ew[5], r[5]))
+        print()
     if rows:
         print("ratio: parse = lunasip speed-up over libosip2 (higher is better); OPTIONS CPU = lunasip/kamailio "
               "(lower is better); max rate = lunasip/kamailio")
     if calls_rows:
         print("ratio: calls = lunasip/kamailio and lunasip/kamailio-lua: CPU per call and server/UAC CPU lower is "
               "better, max clean call rate higher is better")
+    if ev_sip:
+        print("ratio: events = with the event / without (CPU per request: lower is better, 1.00 = free; max clean "
+              "rate: higher is better)")
     for g in goals:
         print("goal: " + g)
-    for n in notes + calls_notes:
+    for n in notes + calls_notes + ev_notes:
         print("note: " + n)
     if wall is not None:
         print("wall time of bench/run.sh: %d s; raw numbers in %s/" % (wall, out))

@@ -5,12 +5,15 @@
 # UDP vs Kamailio's sl_send_reply, driven by SIPp (bench/sip_bench.py). Part 3: the stateful
 # proxy call flow (SIPp uac -> server -> SIPp uas, INVITE 180 200 ACK BYE 200) through lunasip,
 # Kamailio (record_route(); t_relay()) and Kamailio routing in Lua (app_lua)
-# (bench/sip_bench.py --mode calls). Method and fairness rules: /work/shared/BENCH.md.
+# (bench/sip_bench.py --mode calls). Part 4: the event interface (bench/evi_bench.py): the SIP
+# cost of raising one event per OPTIONS to a udp: and to a rabbitmq: sink (vs none), and events
+# delivered per second to each sink kind. Method and fairness rules: /work/shared/BENCH.md.
 # Raw numbers go to build/bench/, the table to stdout.
 #
 # Environment: BENCH_QUICK=1 runs short windows (a smoke test, numbers not for quoting);
-# BENCH_SKIP_SIP=1, BENCH_SKIP_CALLS=1 or BENCH_SKIP_PARSE=1 skip a part; BENCH_CALLGRIND=0
-# skips callgrind; BENCH_CALLS_SERVERS=kamailio,kamailio-lua (say) limits part 3's servers.
+# BENCH_SKIP_SIP=1, BENCH_SKIP_CALLS=1, BENCH_SKIP_PARSE=1 or BENCH_SKIP_EVENTS=1 skip a part;
+# BENCH_CALLGRIND=0 skips callgrind; BENCH_CALLS_SERVERS=kamailio,kamailio-lua (say) limits
+# part 3's servers; BENCH_EVENTS_SINKS=udp,tcp (say) limits part 4's sink kinds.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -47,7 +50,8 @@ if [ ! -f "$LIB" ] || [ ! -x ./lunasip ]; then
     exit 1
 fi
 mkdir -p "$OUT"
-rm -f "$OUT/parse.txt" "$OUT/callgrind.txt" "$OUT/options.json" "$OUT/calls.json" "$OUT/table.txt"
+rm -f "$OUT/parse.txt" "$OUT/callgrind.txt" "$OUT/options.json" "$OUT/calls.json" "$OUT/events.json" \
+    "$OUT/table.txt"
 start=$(date +%s)
 
 # The RFC 4475 torture set: every file whose MANIFEST rfc column is 4475, valid or not.
@@ -99,6 +103,16 @@ if [ "${BENCH_SKIP_CALLS:-0}" != 1 ]; then
     # shellcheck disable=SC2086
     run python3 bench/sip_bench.py --mode calls --out "$OUT" --lunasip ./lunasip \
         --servers "${BENCH_CALLS_SERVERS:-lunasip,kamailio,kamailio-lua}" $sopt
+fi
+
+if [ "${BENCH_SKIP_EVENTS:-0}" != 1 ]; then
+    echo "== events: SIP cost of raise_event (none / udp: / rabbitmq:), then delivery per sink kind"
+    # A sink kind whose driver, receiver or broker is missing is reported n/a; the part never
+    # stops the suite: the tables of the other parts still come.
+    # shellcheck disable=SC2086
+    run python3 bench/evi_bench.py --out "$OUT" --lunasip ./lunasip \
+        --sinks "${BENCH_EVENTS_SINKS:-udp,unix,tcp,http,flatstore,rabbitmq}" $sopt \
+        || echo "bench/run.sh: the events part failed (exit $?); its table is missing" >&2
 fi
 
 end=$(date +%s)
