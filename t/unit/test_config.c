@@ -103,6 +103,8 @@ static void test_shipped(void)
     CHECK(c.pike_enabled == 1 && dbl_eq(c.pike_window, 2) && c.pike_max_requests == 50 &&
           dbl_eq(c.pike_ban_time, 60));
     CHECK(c.events_queue_limit == 10000 && c.events_overflow == CONFIG_OVERFLOW_DROP_OLDEST);
+    CHECK(dbl_eq(c.events_connect_timeout, 2) && dbl_eq(c.events_send_timeout, 5) &&
+          dbl_eq(c.events_retry_max, 30) && c.events_heartbeat == 10);
     config_free(&c);
     CHECK(c.listen == NULL && c.dir == NULL);
 
@@ -180,7 +182,8 @@ static void test_full(void)
         "  verify_client = 'required', sni = { ['Z.example.com'] = { certificate = 'z.crt', private_key = 'z.key' },\n"
         "  ['*.a.example.com'] = { certificate = '/a.crt', private_key = 'a.key' } } }\n"
         "pike = { enabled = false, window = 1, max_requests = 1, ban_time = 0.25 }\n"
-        "events = { queue_limit = 10000000, overflow = 'drop_newest' }\n", &c);
+        "events = { queue_limit = 10000000, overflow = 'drop_newest', connect_timeout = 0.5,\n"
+        "  send_timeout = 300, retry_max = 0.5, heartbeat = 0 }\n", &c);
     CHECK_MSG(rc == 0, "%s", errbuf);
     if (rc != 0)
         return;
@@ -223,6 +226,8 @@ static void test_full(void)
     CHECK(c.pike_enabled == 0 && dbl_eq(c.pike_window, 1) && c.pike_max_requests == 1 &&
           dbl_eq(c.pike_ban_time, 0.25));
     CHECK(c.events_queue_limit == 10000000 && c.events_overflow == CONFIG_OVERFLOW_DROP_NEWEST);
+    CHECK(dbl_eq(c.events_connect_timeout, 0.5) && dbl_eq(c.events_send_timeout, 300) &&
+          dbl_eq(c.events_retry_max, 0.5) && c.events_heartbeat == 0);
     config_free(&c);
 
     /* An empty allowed_origins list is kept apart from nil (= any origin). */
@@ -326,6 +331,12 @@ static const struct bad_case bad_conf[] = {
     { "events = { queue_limit = 0 }", "events.queue_limit: 0 is out of range", "1 to 10000000" },
     { "events = { queue_limit = 10000001 }", "events.queue_limit: 10000001 is out of range", NULL },
     { "events = { overflow = 'block' }", "events.overflow: unknown value 'block'", "drop_oldest, drop_newest" },
+    { "events = { connect_timeout = 0 }", "events.connect_timeout: 0 is out of range", NULL },
+    { "events = { send_timeout = 301 }", "events.send_timeout: 301 is out of range", NULL },
+    { "events = { retry_max = 0.25 }", "events.retry_max: 0.25 is out of range", NULL },
+    { "events = { heartbeat = -1 }", "events.heartbeat: -1 is out of range", NULL },
+    { "events = { heartbeat = 1.5 }", "events.heartbeat", NULL },
+    { "events = { linger = 3 }", "events.linger: unknown key", NULL },
     { "events = { overflow = 'x\\n2026-11-23 FAKE' }", "events.overflow: unknown value 'x\\x0a2026", NULL },
 };
 
