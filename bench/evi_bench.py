@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """The event-interface part of `make bench` (issue 4 item 8), following /work/shared/BENCH.md.
 
-Part "sip", the SIP cost of events: OPTIONS answered from Lua (req:reply(200)) by three
+Part "sip", the SIP cost of events: OPTIONS answered from Lua (req:reply(200)) by four
 lunasip instances that differ only in server.lua: (a) "none" raises no event, (b) "udp"
 raises raise_event("E_BENCH", {method = req.method, call_id = req.call_id, n = counter}) per
-request to a udp: sink, (c) "rabbitmq" the same to a rabbitmq: sink. Measured exactly like the
-OPTIONS part of sip_bench.py (its run_sipp and RateSearch, the same SIPp scenario options.xml):
-CPU per request at a fixed rate (se.sum_exec_runtime of every thread of the instance, so the
-sink threads count), variants interleaved a b c a b c, medians; then the highest clean rate,
+request to a udp: sink, (c) "rabbitmq" the same to a rabbitmq: sink, (d) "tcp-hung" the same
+to a tcp: sink whose peer (HungPeer, a thread of this script) accepts and never reads (issue 4:
+SIP throughput within 10% of "none"; default events settings, so events are dropped and
+counted once the kernel buffers are full). Measured exactly like the OPTIONS part of
+sip_bench.py (its run_sipp and RateSearch, the same SIPp scenario options.xml): CPU per
+request at a fixed rate (se.sum_exec_runtime of every thread of the instance, so the sink
+threads count), variants interleaved a b c d a b c d, medians; then the highest clean rate,
 stepped then bisected, one step of each variant per round. The UDP sink's datagrams go to an
 evsink receiver that counts them (nothing goes to a closed port); the RabbitMQ sink publishes
 to a private broker started here (picked ports, private dirs under OUT/events/rabbitmq) into a
@@ -52,7 +55,8 @@ import sip_bench as sb
 HERE = os.path.dirname(os.path.abspath(__file__))
 EVDIR = os.path.join(HERE, "events")
 KINDS = ("udp", "unix", "tcp", "http", "flatstore", "rabbitmq")
-VARIANTS = ("none", "udp", "rabbitmq")
+VARIANTS = ("none", "udp", "rabbitmq", "tcp-hung")
+HUNG_RCVBUF = 4096  # tcp-hung: SO_RCVBUF of the peer that never reads (the kernel doubles it)
 RABBITMQ_SERVER = os.environ.get("RABBITMQ_SERVER_BIN", "/usr/lib/rabbitmq/bin/rabbitmq-server")
 EPMD = os.environ.get("EPMD_BIN", "/usr/bin/epmd")
 SIP_QUEUE = "lunasip_bench_sip"     # part sip, variant rabbitmq
@@ -223,6 +227,64 @@ class FileCounter:
 
     def pids(self):
         return []
+
+
+class HungPeer:
+    """The peer of variant tcp-hung: a TCP listener on 127.0.0.1 (SO_RCVBUF HUNG_RCVBUF set
+    before listen, so accepted sockets inherit it) that accepts every connection, keeps it
+    open and never reads. A thread of this script (it only waits in accept); stop() ends it
+    and closes every socket."""
+
+    def __init__(self):
+        import threading
+        self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, HUNG_RCVBUF)
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.ls.settimeout(0.2)
+        self.port = self.ls.getsockname()[1]
+        self.rcvbuf = self.ls.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.conns = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._accept, name="hung-peer", daemon=True)
+        self.thread.start()
+        self.rec = {"name": "hung tcp peer", "stop": self.stop}
+        owned.append(self.rec)
+
+    def _accept(self):
+        while not self.done.is_set():
+            try:
+                c, _ = self.ls.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            self.conns.append(c)  # kept open, never read
+
+    def unread(self):
+        """Bytes waiting unread in the accepted sockets' receive queues (/proc/net/tcp)."""
+        total = 0
+        try:
+            with open("/proc/net/tcp") as f:
+                next(f)
+                for line in f:
+                    fl = line.split()
+                    if int(fl[1].split(":")[1], 16) == self.port and fl[3] == "01":
+                        total += int(fl[4].split(":")[1], 16)
+        except (OSError, ValueError, IndexError, StopIteration):
+            return None
+        return total
+
+    def stop(self):
+        if self.done.is_set():
+            return
+        self.done.set()
+        self.thread.join(2.0)
+        for c in self.conns:
+            c.close()
+        self.ls.close()
+        if self.rec in owned:
+            owned.remove(self.rec)
 
 
 # ------------------------------------------------------------------------------------------
@@ -543,7 +605,7 @@ end
 # part sip: the SIP cost of events
 
 
-def sip_part(args, results, recv_udp, rmq_counter, broker, taken):
+def sip_part(args, results, recv_udp, rmq_counter, broker, hung, taken):
     r = results["sip"] = {
         "variants": list(VARIANTS), "rates": args.cpu_rates, "reps": args.cpu_reps, "seconds": args.cpu_seconds,
         "step_seconds": args.step_seconds, "steps_tried": args.steps, "max_budget_s": args.max_budget,
@@ -574,6 +636,11 @@ def sip_part(args, results, recv_udp, rmq_counter, broker, taken):
                     raise LunasipFailed("RabbitMQ consumer: " + ok)
                 sock = "rabbitmq:guest:guest@127.0.0.1:%d/%s" % (broker.port, SIP_QUEUE)
                 helpers = [rmq_counter, broker]
+            elif v == "tcp-hung":
+                if isinstance(hung, str):
+                    raise LunasipFailed("hung TCP peer: " + hung)
+                sock = "tcp:127.0.0.1:%d" % hung.port
+                r["hung_peer"] = {"port": hung.port, "rcvbuf_set": HUNG_RCVBUF, "rcvbuf": hung.rcvbuf}
             r["sockets"][v] = sock
             srv = start_lunasip(args, "sip-" + v, os.path.join(args.tmp, "sip-" + v), conf_text(port),
                                 sip_lua(v, sock), port, os.path.join(args.evdir, "sip-%s.log" % v))
@@ -633,6 +700,10 @@ def sip_part(args, results, recv_udp, rmq_counter, broker, taken):
             ev = "  events rcvd %d" % x["events_received"]
             if "events_dropped" in x:
                 ev += " dropped %d failed %d" % (x["events_dropped"], x["events_failed"])
+        elif x["variant"] != "none" and "events_dropped" in x:
+            # tcp-hung: nothing is received; lunasip's own counters say where the events went
+            ev = "  events raised %d delivered %d dropped %d failed %d" % (
+                x["events_raised"], x["events_delivered"], x["events_dropped"], x["events_failed"])
         return ("%7.2f us/req  server/SIPp %.2f  ok %d fail %d retr %d  %.0f/s%s  other load %s"
                 % (x["us_per_req"], x["server_over_sipp"], x["successful"], x["failed"], x["retransmissions"],
                    x["achieved_rate"], ev, sb.fmt_cores(x["other_cores"])))
@@ -704,7 +775,16 @@ def sip_part(args, results, recv_udp, rmq_counter, broker, taken):
             if all("events_dropped" in x for x in rs):
                 s["events_dropped"] = sum(x["events_dropped"] for x in rs)
                 s["events_failed"] = sum(x["events_failed"] for x in rs)
+                s["events_raised"] = sum(x["events_raised"] for x in rs)
+                s["events_delivered"] = sum(x["events_delivered"] for x in rs)
     r["summary"] = summary
+    if "hung_peer" in r and not isinstance(hung, str):
+        r["hung_peer"]["connections"] = len(hung.conns)
+        r["hung_peer"]["unread_bytes"] = hung.unread()
+        ms = [x for x in r["max_steps"] if x["variant"] == "tcp-hung" and "events_dropped" in x]
+        if ms:
+            r["hung_peer"]["max_steps"] = {k: sum(x[k] for x in ms) for k in (
+                "events_raised", "events_delivered", "events_dropped", "events_failed")}
     for srv in list(srvs):
         stop_lunasip(srv)
 
@@ -1000,14 +1080,15 @@ def main():
             raise SystemExit("evi_bench: unknown sink kind %r (known: %s)" % (k, ", ".join(KINDS)))
     if args.quick:
         args.cpu_rates, args.cpu_reps, args.cpu_seconds = [10000], 1, 2
-        args.steps, args.step_seconds, args.bisect_rounds, args.max_budget = [20000, 40000], 2, 0, 30
+        args.steps, args.step_seconds, args.bisect_rounds, args.max_budget = [20000, 40000], 2, 0, 40
         args.feed_s, args.sink_reps = 0.7, 1
     else:
         args.cpu_rates, args.cpu_reps, args.cpu_seconds = [10000], 3, 5
         # 4 s steps (sip_bench.py: 5 s) and three steps: the whole events part stays under
-        # ~4 minutes. SIPp's start costs every step the same ~2% of its achieved rate.
+        # ~5 minutes. SIPp's start costs every step the same ~2% of its achieved rate. The
+        # budget, ~27 s per variant (80 s when there were three), lets every round finish.
         args.steps, args.step_seconds, args.bisect_rounds = [20000, 40000, 60000], 4, 2
-        args.max_budget = 80
+        args.max_budget = 110
         args.feed_s, args.sink_reps = 1.5, 3
     args.resolution = 2500
     args.queue_limit, args.stall = max(100000, 5 * args.window), 5.0
@@ -1063,9 +1144,15 @@ def main():
             ok = recv_udp.wait_ready(10)
             if ok is not True:
                 recv_udp = ok
+        try:
+            hung = HungPeer()
+        except OSError as e:
+            hung = "cannot listen: %s" % e
         t1 = time.monotonic()
-        sip_part(args, results, recv_udp, rmq, args.broker, taken)
+        sip_part(args, results, recv_udp, rmq, args.broker, hung, taken)
         results["sip"]["wall_s"] = time.monotonic() - t1
+        if not isinstance(hung, str):
+            hung.stop()
     if args.broker.start_s is not None:
         results["broker"] = {"start_s": args.broker.start_s, "node": args.broker.node, "port": args.broker.port,
                              "version": rabbit_version()}

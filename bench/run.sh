@@ -6,8 +6,9 @@
 # proxy call flow (SIPp uac -> server -> SIPp uas, INVITE 180 200 ACK BYE 200) through lunasip,
 # Kamailio (record_route(); t_relay()) and Kamailio routing in Lua (app_lua)
 # (bench/sip_bench.py --mode calls). Part 4: the event interface (bench/evi_bench.py): the SIP
-# cost of raising one event per OPTIONS to a udp: and to a rabbitmq: sink (vs none), and events
-# delivered per second to each sink kind. Method and fairness rules: /work/shared/BENCH.md.
+# cost of raising one event per OPTIONS to a udp:, a rabbitmq: and a hung tcp: sink (a peer
+# that never reads) (vs none), and events delivered per second to each sink kind. Method and
+# fairness rules: /work/shared/BENCH.md.
 # Raw numbers go to build/bench/, the table to stdout.
 #
 # Environment: BENCH_QUICK=1 runs short windows (a smoke test, numbers not for quoting);
@@ -106,7 +107,7 @@ if [ "${BENCH_SKIP_CALLS:-0}" != 1 ]; then
 fi
 
 if [ "${BENCH_SKIP_EVENTS:-0}" != 1 ]; then
-    echo "== events: SIP cost of raise_event (none / udp: / rabbitmq:), then delivery per sink kind"
+    echo "== events: SIP cost of raise_event (none / udp: / rabbitmq: / tcp: hung), then delivery per sink kind"
     # A sink kind whose driver, receiver or broker is missing is reported n/a; the part never
     # stops the suite: the tables of the other parts still come.
     # shellcheck disable=SC2086
