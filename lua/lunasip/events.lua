@@ -53,7 +53,7 @@ end
 -- One param array reused by every raise: the call is synchronous and never re-entered.
 local parr = ffi.new("struct evi_param[?]", MAX_PARAMS)
 
-local function set_value(i, value, where)
+local function set_value(i, value, where, level)
   local p = parr[i]
   local tv = type(value)
   p.s, p.slen, p.i = nil, 0, 0
@@ -62,7 +62,7 @@ local function set_value(i, value, where)
   elseif tv == "number" then
     if value ~= value or value % 1 ~= 0 or value >= 2^63 or value < -2^63 then
       error(("raise_event: %s: %s is not an integer (values are strings, integers, booleans or nil)")
-        :format(where, tostring(value)), 3)
+        :format(where, tostring(value)), level)
     end
     p.type, p.i = T_INT, value
   elseif tv == "boolean" then
@@ -73,7 +73,7 @@ local function set_value(i, value, where)
     p.type, p.i = T_INT, value
   else
     error(("raise_event: %s: a %s cannot be sent (values are strings, integers, booleans or nil)")
-      :format(where, tv), 3)
+      :format(where, tv), level)
   end
 end
 
@@ -81,9 +81,129 @@ local function set_name(i, name)
   parr[i].name, parr[i].nlen = name, name and #name or 0
 end
 
-local function count_keys(t)
+local MIX = "raise_event: params must be a map, an ordered list of {name, value} or a list of values, not a mix"
+
+local function pair_of(params, i, level)
+  local pair = params[i]
+  if type(pair) ~= "table" or type(pair[1]) ~= "string" or pair[1] == "" then
+    error(("raise_event: params[%d] must be a {name, value} pair"):format(i), level)
+  end
+  return pair
+end
+
+-- Error levels below count the frames up to raise_event's caller: raise_event -> encode ->
+-- encode_any or a generated encoder -> set_value / pair_of.
+
+-- The general encoder: any number of params (up to MAX_PARAMS). Loops over the table.
+local function encode_any(params)
+  local len = #params
+  local total = 0
+  for _ in pairs(params) do total = total + 1 end
+  if total > MAX_PARAMS then
+    error(("raise_event: %d params, at most %d"):format(total, MAX_PARAMS), 4)
+  end
+  if len > 0 and len ~= total then
+    error(MIX, 4)
+  end
   local n = 0
-  for _ in pairs(t) do n = n + 1 end
+  if len > 0 and type(params[1]) == "table" then
+    for i = 1, len do
+      local pair = pair_of(params, i, 5)
+      set_name(n, pair[1])
+      set_value(n, pair[2], pair[1], 5)
+      n = n + 1
+    end
+  elseif len > 0 then
+    for i = 1, len do
+      set_name(n, nil)
+      set_value(n, params[i], "params[" .. i .. "]", 5)
+      n = n + 1
+    end
+  elseif total > 0 then
+    local keys = {}
+    for k in pairs(params) do
+      if type(k) ~= "string" or k == "" then
+        error("raise_event: param names must be non-empty strings", 4)
+      end
+      keys[#keys + 1] = k
+    end
+    table.sort(keys)
+    for i = 1, #keys do
+      set_name(n, keys[i])
+      set_value(n, params[keys[i]], keys[i], 5)
+      n = n + 1
+    end
+  end
+  return n
+end
+
+-- The fast path, for up to FAST params: straight-line code without a Lua loop. A loop inside
+-- raise_event would get a trace of its own and keep the JIT from compiling the handler that
+-- calls it (on_request would then run in the interpreter, several µs a request).
+local FAST = 8
+
+-- The keys of t in next() order, in a new table; nil when t is empty, false past FAST keys.
+local keys_of
+do
+  local src = { "local next = next\nreturn function(t)\n  local k1 = next(t)\n  if k1 == nil then return nil end\n" }
+  for i = 2, FAST + 1 do
+    local list = {}
+    for j = 1, i - 1 do list[j] = "k" .. j end
+    src[#src + 1] = ("  local k%d = next(t, k%d)\n  if k%d == nil then return { %s } end\n")
+      :format(i, i - 1, i, table.concat(list, ", "))
+  end
+  src[#src + 1] = "  return false\nend\n"
+  keys_of = assert(loadstring(table.concat(src), "=lunasip.events.keys_of"))()
+end
+
+-- encoders[form][n](params, keys) for n = 1..FAST, generated once: set params 0..n-1 of parr.
+local encoders = { map = {}, ordered = {}, positional = {} }
+do
+  local env = { set_name = set_name, set_value = set_value, pair_of = pair_of, sort = table.sort,
+                type = type, error = error }
+  for n = 1, FAST do
+    local m = { "return function(t, ks)\n" }
+    for i = 1, n do
+      m[#m + 1] = ("  if type(ks[%d]) ~= 'string' or ks[%d] == '' then error('raise_event: param names must be non-empty strings', 4) end\n")
+        :format(i, i)
+    end
+    m[#m + 1] = n > 1 and "  sort(ks)\n" or ""
+    local o = { "return function(t)\n" }
+    local pos = { "return function(t)\n" }
+    for i = 1, n do
+      m[#m + 1] = ("  set_name(%d, ks[%d]); set_value(%d, t[ks[%d]], ks[%d], 5)\n"):format(i - 1, i, i - 1, i, i)
+      o[#o + 1] = ("  local p%d = pair_of(t, %d, 5); set_name(%d, p%d[1]); set_value(%d, p%d[2], p%d[1], 5)\n")
+        :format(i, i, i - 1, i, i - 1, i, i)
+      pos[#pos + 1] = ("  set_name(%d, nil); set_value(%d, t[%d], 'params[%d]', 5)\n"):format(i - 1, i - 1, i, i)
+    end
+    for form, code in pairs({ map = m, ordered = o, positional = pos }) do
+      code[#code + 1] = "end\n"
+      local f = assert(loadstring(table.concat(code), "=lunasip.events." .. form))
+      setfenv(f, env)
+      encoders[form][n] = f()
+    end
+  end
+end
+
+local function encode(params)
+  local ks = keys_of(params)
+  if ks == nil then
+    return 0
+  elseif ks == false then
+    local n = encode_any(params) -- not a tail call: the error levels count encode's frame
+    return n
+  end
+  local n = #ks
+  local first = params[1]
+  if first == nil then
+    encoders.map[n](params, ks)
+  elseif #params ~= n then
+    error(MIX, 3)
+  elseif type(first) == "table" then
+    encoders.ordered[n](params)
+  else
+    encoders.positional[n](params)
+  end
   return n
 end
 
@@ -99,52 +219,12 @@ function M.raise_event(name, params)
     if type(params) ~= "table" then
       error("raise_event: params must be a table, got " .. type(params), 2)
     end
-    local len = #params
-    local total = count_keys(params)
-    if total > MAX_PARAMS then
-      error(("raise_event: %d params, at most %d"):format(total, MAX_PARAMS), 2)
-    end
-    if len > 0 and len ~= total then
-      error("raise_event: params must be a map, an ordered list of {name, value} or a list of values, not a mix", 2)
-    end
-    if len > 0 and type(params[1]) == "table" then
-      for i = 1, len do
-        local pair = params[i]
-        if type(pair) ~= "table" or type(pair[1]) ~= "string" or pair[1] == "" then
-          error(("raise_event: params[%d] must be a {name, value} pair"):format(i), 2)
-        end
-        set_name(n, pair[1])
-        set_value(n, pair[2], pair[1])
-        n = n + 1
-      end
-    elseif len > 0 then
-      for i = 1, len do
-        set_name(n, nil)
-        set_value(n, params[i], "params[" .. i .. "]")
-        n = n + 1
-      end
-    elseif total > 0 then
-      local keys = {}
-      for k in pairs(params) do
-        if type(k) ~= "string" or k == "" then
-          error("raise_event: param names must be non-empty strings", 2)
-        end
-        keys[#keys + 1] = k
-      end
-      table.sort(keys)
-      for i = 1, #keys do
-        set_name(n, keys[i])
-        set_value(n, params[keys[i]], keys[i])
-        n = n + 1
-      end
-    end
+    n = encode(params)
   end
   -- with handlers always: the core asks the script installed when the handlers run (a
   -- callback of a script replaced by a reload raises for the new one's event_route)
+  -- (parr keeps pointers to this raise's strings until the next one: C never reads it after)
   local rc = C.lunasip_event_raise(name, #name, parr, n, 1)
-  for i = 0, n - 1 do -- do not keep the strings of this raise reachable from C
-    parr[i].name, parr[i].s = nil, nil
-  end
   if rc >= 0 then
     return rc
   elseif rc == -E2BIG then
