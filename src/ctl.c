@@ -629,33 +629,6 @@ static const struct cmd *cmd_find(const char *name, size_t len)
 /* ------------------------------------------------------------------------------------------
  * JSON-RPC 2.0 framing */
 
-/* A parsed value back on one line (the debug log of a request). */
-static void compact(struct json_buf *b, const struct json_val *v)
-{
-    switch (v->type) {
-    case JSON_NULL: json_rawz(b, "null"); return;
-    case JSON_TRUE: json_rawz(b, "true"); return;
-    case JSON_FALSE: json_rawz(b, "false"); return;
-    case JSON_NUMBER: json_raw(b, v->s, v->slen); return;
-    case JSON_STRING: json_str(b, v->s, v->slen); return;
-    case JSON_ARRAY:
-    case JSON_OBJECT:
-        break;
-    }
-    int obj = v->type == JSON_OBJECT;
-    json_rawz(b, obj ? "{" : "[");
-    for (size_t i = 0; i < v->n && !b->oom; i++) {
-        if (i)
-            json_rawz(b, ",");
-        if (obj) {
-            json_str(b, v->kids[i].key, v->kids[i].klen);
-            json_rawz(b, ":");
-        }
-        compact(b, &v->kids[i]);
-    }
-    json_rawz(b, obj ? "}" : "]");
-}
-
 static void write_id(struct json_buf *b, const struct json_val *id)
 {
     if (!id || id->type == JSON_NULL)
@@ -723,7 +696,7 @@ static int handle_request(struct json_buf *b, const struct json_val *req)
     if (log_current_level <= LOG_LVL_DEBUG) {
         struct json_buf pb = { .max = 512 };
         if (params)
-            compact(&pb, params);
+            json_write_val(&pb, params, -1);
         LOG_DEBUG("ctl: request %s %.*s%s", cmd->name, (int)pb.len, pb.len ? pb.p : "", pb.oom ? "..." : "");
         json_buf_free(&pb);
     }

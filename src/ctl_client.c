@@ -62,73 +62,13 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Writes v as JSON with two-space indentation (a tree json_parse made). */
-static void pretty(struct json_buf *b, const struct json_val *v, int indent)
-{
-    switch (v->type) {
-    case JSON_NULL: json_rawz(b, "null"); return;
-    case JSON_TRUE: json_rawz(b, "true"); return;
-    case JSON_FALSE: json_rawz(b, "false"); return;
-    case JSON_NUMBER: json_raw(b, v->s, v->slen); return;
-    case JSON_STRING: json_str(b, v->s, v->slen); return;
-    case JSON_ARRAY:
-    case JSON_OBJECT:
-        break;
-    }
-    int obj = v->type == JSON_OBJECT;
-    if (v->n == 0) {
-        json_rawz(b, obj ? "{}" : "[]");
-        return;
-    }
-    json_rawz(b, obj ? "{\n" : "[\n");
-    for (size_t i = 0; i < v->n; i++) {
-        for (int k = 0; k < indent + 2; k++)
-            json_raw(b, " ", 1);
-        if (obj) {
-            json_str(b, v->kids[i].key, v->kids[i].klen);
-            json_rawz(b, ": ");
-        }
-        pretty(b, &v->kids[i], indent + 2);
-        json_rawz(b, i + 1 < v->n ? ",\n" : "\n");
-    }
-    for (int k = 0; k < indent; k++)
-        json_raw(b, " ", 1);
-    json_rawz(b, obj ? "}" : "]");
-}
-
-/* The same on one line (a request must be one line, whatever the operator typed). */
-static void compact(struct json_buf *b, const struct json_val *v)
-{
-    switch (v->type) {
-    case JSON_NULL: json_rawz(b, "null"); return;
-    case JSON_TRUE: json_rawz(b, "true"); return;
-    case JSON_FALSE: json_rawz(b, "false"); return;
-    case JSON_NUMBER: json_raw(b, v->s, v->slen); return;
-    case JSON_STRING: json_str(b, v->s, v->slen); return;
-    case JSON_ARRAY:
-    case JSON_OBJECT:
-        break;
-    }
-    int obj = v->type == JSON_OBJECT;
-    json_rawz(b, obj ? "{" : "[");
-    for (size_t i = 0; i < v->n; i++) {
-        if (i)
-            json_rawz(b, ",");
-        if (obj) {
-            json_str(b, v->kids[i].key, v->kids[i].klen);
-            json_rawz(b, ":");
-        }
-        compact(b, &v->kids[i]);
-    }
-    json_rawz(b, obj ? "}" : "]");
-}
 
 /* An argument as a param: JSON object/array as is, an integer as a number, else a string. */
 static void add_arg(struct json_buf *b, const char *arg)
 {
     struct json_val *v = json_parse(arg, strlen(arg), NULL, 0);
     if (v && (v->type == JSON_OBJECT || v->type == JSON_ARRAY || (v->type == JSON_NUMBER && v->is_int)))
-        compact(b, v);
+        json_write_val(b, v, -1);
     else
         json_strz(b, arg);
     json_free(v);
@@ -281,7 +221,7 @@ static int print_answer(const char *line, size_t len, const char *path)
         fputc('\n', stdout);
     } else {
         struct json_buf b = { 0 };
-        pretty(&b, res, 0);
+        json_write_val(&b, res, 0);
         json_raw(&b, "\n", 1);
         if (b.oom) {
             fprintf(stderr, "lunasip ctl: out of memory\n");

@@ -1,4 +1,5 @@
-/* JSON writer (RFC 8259 §7 escaping). The parser half of json.h lives in json_parse.c. */
+/* JSON writer (RFC 8259 §7 escaping), also of trees the parser made. The parser half of
+ * json.h lives in json_parse.c. */
 #include "json.h"
 
 #include <inttypes.h>
@@ -46,10 +47,11 @@ int json_rawz(struct json_buf *b, const char *s)
     return json_raw(b, s, strlen(s));
 }
 
-/* Length of the valid UTF-8 sequence at s (1..4), or 0 when the bytes are not one
- * (overlong forms, surrogates and code points above U+10FFFF are invalid). */
-static size_t utf8_seq(const unsigned char *s, size_t n)
+size_t json_utf8_len(const char *str, size_t n)
 {
+    const unsigned char *s = (const unsigned char *)str;
+    if (n == 0)
+        return 0;
     unsigned c = s[0];
     if (c < 0x80)
         return 1;
@@ -100,7 +102,7 @@ int json_str(struct json_buf *b, const char *str, size_t n)
         else if (c == '\b') esc[1] = 'b';
         else if (c == '\f') esc[1] = 'f';
         else if (c >= 0x80) {
-            size_t l = utf8_seq(s + i, n - i);
+            size_t l = json_utf8_len((const char *)s + i, n - i);
             if (l > 0) {
                 if (json_raw(b, (const char *)s + i, l) != 0)
                     return -1;
@@ -154,6 +156,53 @@ int json_double(struct json_buf *b, double v)
     char t[40];
     int n = snprintf(t, sizeof(t), "%.17g", v);
     return json_raw(b, t, (size_t)n);
+}
+
+static int indent_to(struct json_buf *b, int n)
+{
+    static const char sp[] = "                                ";
+    while (n > 0) {
+        int k = n < 32 ? n : 32;
+        json_raw(b, sp, (size_t)k);
+        n -= k;
+    }
+    return b->oom ? -1 : 0;
+}
+
+int json_write_val(struct json_buf *b, const struct json_val *v, int indent)
+{
+    switch (v->type) {
+    case JSON_NULL: return json_rawz(b, "null");
+    case JSON_TRUE: return json_rawz(b, "true");
+    case JSON_FALSE: return json_rawz(b, "false");
+    case JSON_NUMBER: return json_raw(b, v->s, v->slen);
+    case JSON_STRING: return json_str(b, v->s, v->slen);
+    case JSON_ARRAY:
+    case JSON_OBJECT:
+        break;
+    }
+    int obj = v->type == JSON_OBJECT;
+    if (v->n == 0)
+        return json_rawz(b, obj ? "{}" : "[]");
+    json_rawz(b, obj ? "{" : "[");
+    for (size_t i = 0; i < v->n && !b->oom; i++) {
+        if (i)
+            json_raw(b, ",", 1);
+        if (indent >= 0) {
+            json_raw(b, "\n", 1);
+            indent_to(b, indent + 2);
+        }
+        if (obj) {
+            json_str(b, v->kids[i].key, v->kids[i].klen);
+            json_rawz(b, indent >= 0 ? ": " : ":");
+        }
+        json_write_val(b, &v->kids[i], indent >= 0 ? indent + 2 : -1);
+    }
+    if (indent >= 0) {
+        json_raw(b, "\n", 1);
+        indent_to(b, indent);
+    }
+    return json_rawz(b, obj ? "}" : "]");
 }
 
 const char *json_cstr(struct json_buf *b)

@@ -26,6 +26,9 @@ int json_strz(struct json_buf *b, const char *s);            /* NULL writes null
 int json_int(struct json_buf *b, int64_t v);
 int json_uint(struct json_buf *b, uint64_t v);
 int json_double(struct json_buf *b, double v);                /* %.17g; non-finite as null */
+/* Length of the valid UTF-8 sequence at s (1..4 bytes), or 0 when the bytes there are not
+ * UTF-8: overlong forms, surrogates and code points above U+10FFFF are refused (RFC 3629 §3). */
+size_t json_utf8_len(const char *s, size_t n);
 /* b->p NUL-terminated (the NUL is not counted in len); NULL after oom. */
 const char *json_cstr(struct json_buf *b);
 void json_buf_free(struct json_buf *b);
@@ -63,6 +66,9 @@ struct json_val {
  * more than JSON_MAX_ITEMS values, invalid UTF-8 and lone surrogates. */
 struct json_val *json_parse(const char *s, size_t len, char *err, size_t errlen);
 void json_free(struct json_val *v);
+/* Writes a parsed tree back as JSON: on one line when indent < 0, else with two spaces per
+ * level, starting at indent. Numbers keep their source text. */
+int json_write_val(struct json_buf *b, const struct json_val *v, int indent);
 /* The member of an object named key, or NULL. */
 const struct json_val *json_get(const struct json_val *obj, const char *key);
 

@@ -68,28 +68,6 @@ static int hex4(const unsigned char *s, unsigned *out)
     return 0;
 }
 
-/* Length of the valid UTF-8 sequence at s (2..4; the caller handles ASCII), or 0: overlong
- * forms, surrogates and code points above U+10FFFF are refused (RFC 3629 §3). */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0], cp, min;
-    size_t len;
-    if ((c & 0xe0) == 0xc0) { len = 2; cp = c & 0x1f; min = 0x80; }
-    else if ((c & 0xf0) == 0xe0) { len = 3; cp = c & 0x0f; min = 0x800; }
-    else if ((c & 0xf8) == 0xf0) { len = 4; cp = c & 0x07; min = 0x10000; }
-    else return 0;
-    if (len > n)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
-
 static size_t utf8_put(unsigned char *o, unsigned cp)
 {
     if (cp < 0x80) { o[0] = (unsigned char)cp; return 1; }
@@ -184,7 +162,7 @@ static char *parse_string(struct parser *ps, size_t *len)
             q++;
             continue;
         }
-        size_t l = utf8_len(q, (size_t)(e - q));
+        size_t l = json_utf8_len((const char *)q, (size_t)(e - q));
         if (l == 0) {
             fail(ps, q, "invalid UTF-8");
             goto bad;

@@ -304,6 +304,21 @@ static void check_slow(const char *what, int64_t t0, const struct sip_msg *m)
         LOG_WARN("%s took %lld ms (threshold %d ms)", what, (long long)(us / 1000), LVM_SLOW_US / 1000);
 }
 
+/* Calls the function under nargs arguments on the stack, timed and with its error logged as
+ * what's (errfunc: the traceback handler's index). 0, or -1 when it raised an error. */
+static int call_logged(struct lvm *vm, int nargs, int errfunc, const char *what)
+{
+    int64_t t0 = now_us();
+    int rc = 0;
+    if (vm_pcall(vm, nargs, 0, errfunc) != 0) {
+        stats.lua_errors++;
+        log_lua_error(what, lua_tostring(vm->L, -1));
+        rc = -1;
+    }
+    check_slow(what, t0, NULL);
+    return rc;
+}
+
 int lvm_system_event(struct lvm *vm, const char *name, const char *arg)
 {
     lua_State *L = vm->L;
@@ -320,13 +335,7 @@ int lvm_system_event(struct lvm *vm, const char *name, const char *arg)
             lua_pushstring(L, arg);
             nargs = 1;
         }
-        int64_t t0 = now_us();
-        if (vm_pcall(vm, nargs, 0, -3 - nargs) != 0) {
-            stats.lua_errors++;
-            log_lua_error(what, lua_tostring(L, -1));
-            rc = -1;
-        }
-        check_slow(what, t0, NULL);
+        rc = call_logged(vm, nargs, -3 - nargs, what);
     }
     lua_settop(L, 0);
     lvm_unref(vm);
@@ -434,14 +443,8 @@ int lvm_event_route(struct lvm *vm, const char *name)
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_traceback);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_event);
     lua_pushstring(L, name);
-    int64_t t0 = now_us();
-    if (vm_pcall(vm, 1, 0, 1) != 0) {
-        stats.lua_errors++;
+    if ((rc = call_logged(vm, 1, 1, what)) != 0)
         stats.events_handler_errors++;
-        log_lua_error(what, lua_tostring(L, -1));
-        rc = -1;
-    }
-    check_slow(what, t0, NULL);
     lua_settop(L, 0);
     lvm_unref(vm);
     return rc;
