@@ -1,4 +1,5 @@
-/* The core's handling of received SIP: keepalives, parsing with the answers the parser
+/* The core's handling of received SIP: keepalives (CRLF, and STUN Binding through
+ * src/stun.c), parsing with the answers the parser
  * decided (400/505, or a silent drop), the request checks of RFC 3261 §16.3 that need no
  * routing (416 scheme, 420 Proxy-Require), the server transactions (RFC 3261 §17.2),
  * CANCEL matching (§9.2), 2xx ACKs, responses to the client transactions,
@@ -17,6 +18,7 @@
 #include "sip_msg.h"
 #include "sip_reply.h"
 #include "stats.h"
+#include "stun.h"
 #include "txn.h"
 #include "udp.h"
 
@@ -301,6 +303,16 @@ void sip_core_on_datagram(struct listener *l, const char *buf, size_t len,
 {
     if (sip_frame_skip_crlf(buf, len) == len) {
         stats.rx_keepalives++; /* RFC 5626 §3.5.1 CRLF keepalive over UDP: nothing to answer */
+        return;
+    }
+    if (stun_is_message((const uint8_t *)buf, len)) {
+        /* RFC 5626 §4.4.2 / §8.4: a STUN keepalive on the SIP port, answered with the
+         * address it came from; what is not a Binding request gets nothing */
+        uint8_t out[STUN_RESPONSE_MAX];
+        stats.rx_stun++;
+        size_t n = stun_answer((const uint8_t *)buf, len, src, out, sizeof(out));
+        if (n && udp_send(l, src, srclen, (const char *)out, n) == 0)
+            stats.tx_stun++;
         return;
     }
     struct sip_parse_error err = { 0, NULL };

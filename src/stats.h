@@ -10,6 +10,8 @@
 #define STATS_FIELDS(X) \
     X(rx_datagrams, "datagrams received") \
     X(rx_keepalives, "CRLF keepalives received") \
+    X(rx_stun, "STUN messages received on SIP UDP ports") \
+    X(tx_stun, "STUN Binding answers sent (RFC 5626 keepalives)") \
     X(rx_requests, "requests received") \
     X(rx_responses, "responses received") \
     X(rx_oversized, "datagrams above sip.max_message_size, dropped") \
