@@ -817,16 +817,31 @@ void evi_sink_set_state(struct evi_sink *s, enum evi_sink_state st, const char *
     } else if (st == EVI_SINK_DOWN) {
         if (old != EVI_SINK_DOWN)
             LOG_WARN("event socket %s is down: %s", s->shown, why ? why : "delivery failed");
-        /* queued fail-fast jobs go to their next member now */
-        size_t n = s->qlen;
-        for (size_t k = 0; k < n; k++) {
-            struct evi_job *j = q_pop_front(s);
-            if (j->fail_fast)
-                job_fail(j, -ENOTCONN);
-            else
-                s->q[(s->qhead + s->qlen++) % s->qcap] = j;
-        }
+        evi_sink_fail_fast(s); /* queued fail-fast jobs go to their next member now */
     }
+}
+
+void evi_sink_fail_fast(struct evi_sink *s)
+{
+    if (s->state != EVI_SINK_DOWN)
+        return;
+    size_t n = s->qlen;
+    for (size_t k = 0; k < n; k++) {
+        struct evi_job *j = q_pop_front(s);
+        if (j->fail_fast)
+            job_fail(j, -ENOTCONN);
+        else
+            s->q[(s->qhead + s->qlen++) % s->qcap] = j;
+    }
+}
+
+double evi_sink_backoff(double *next)
+{
+    double d = *next < EVI_BACKOFF_MIN ? EVI_BACKOFF_MIN : *next;
+    if (d > E.cfg.retry_max)
+        d = E.cfg.retry_max;
+    *next = d * 2;
+    return d;
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -1334,9 +1349,7 @@ int evi_init(struct ev_loop *loop, const struct evi_config *cfg)
 {
     publish_builtins();
     E.loop = loop;
-    E.cfg = cfg ? *cfg : default_cfg;
-    if (E.cfg.queue_limit < 1)
-        E.cfg.queue_limit = 1;
+    evi_configure(cfg ? cfg : &default_cfg);
     timer_init(&E.report_timer, on_report);
     timer_init(&E.linger_timer, on_linger);
     if (loop) {
@@ -1349,6 +1362,8 @@ int evi_init(struct ev_loop *loop, const struct evi_config *cfg)
     return 0;
 }
 
+/* Takes cfg, a value out of range replaced by its default (lunasip.conf is validated; this
+ * keeps the drivers free of checks of their own). */
 void evi_configure(const struct evi_config *cfg)
 {
     if (!cfg)
@@ -1356,6 +1371,14 @@ void evi_configure(const struct evi_config *cfg)
     E.cfg = *cfg;
     if (E.cfg.queue_limit < 1)
         E.cfg.queue_limit = 1;
+    if (!(E.cfg.connect_timeout > 0))
+        E.cfg.connect_timeout = default_cfg.connect_timeout;
+    if (!(E.cfg.send_timeout > 0))
+        E.cfg.send_timeout = default_cfg.send_timeout;
+    if (!(E.cfg.retry_max >= EVI_BACKOFF_MIN))
+        E.cfg.retry_max = EVI_BACKOFF_MIN;
+    if (E.cfg.heartbeat < 0)
+        E.cfg.heartbeat = 0;
 }
 
 static size_t busy_sinks(void)

@@ -48,7 +48,6 @@
 #define HTTP_LINE_MAX   1024          /* a chunk-size line or one trailer line */
 #define HTTP_PATH_MAX   2048
 #define HTTP_READS_MAX  16            /* reads per wake-up */
-#define HTTP_BACKOFF_MIN 0.5
 
 enum http_conn {
     H_IDLE = 0,     /* no connection (none yet, or closed after an answer) */
@@ -103,11 +102,6 @@ static const char *sock_name(const struct evi_sink *s)
     return s->shown ? s->shown : s->socket ? s->socket : s->addr;
 }
 
-static double cfg_or(double v, double dflt)
-{
-    return v > 0 ? v : dflt;
-}
-
 static void set_down(struct http_sink *h, const char *why)
 {
     if (h->base.state != EVI_SINK_DOWN)
@@ -153,16 +147,10 @@ static void end_exchange(struct http_sink *h)
 
 static void schedule_retry(struct http_sink *h)
 {
-    double retry_max = cfg_or(evi_sink_config()->retry_max, 30.0);
-    if (h->backoff < HTTP_BACKOFF_MIN)
-        h->backoff = HTTP_BACKOFF_MIN;
-    if (h->backoff > retry_max)
-        h->backoff = retry_max;
     h->conn = H_BACKOFF;
     ev_timer_stop(h->base.loop, &h->retry_timer);
-    ev_timer_set(&h->retry_timer, h->backoff, 0.);
+    ev_timer_set(&h->retry_timer, evi_sink_backoff(&h->backoff), 0.);
     ev_timer_start(h->base.loop, &h->retry_timer);
-    h->backoff *= 2;
 }
 
 /* The exchange failed before its status was known: the job fails with err, the sink goes
@@ -343,7 +331,7 @@ static void answer_done(struct http_sink *h)
 {
     int keep = h->keep_alive && h->sent == h->req_len + h->body_len;
     end_exchange(h);
-    h->backoff = HTTP_BACKOFF_MIN;
+    h->backoff = EVI_BACKOFF_MIN;
     if (keep)
         h->served++;
     else
@@ -644,25 +632,9 @@ static void start_request(struct http_sink *h, struct evi_job *j)
     h->rx = RX_HEAD;
     h->rx_any = 0;
     h->hlen = h->llen = 0;
-    ev_timer_set(&h->xchg_timer, cfg_or(evi_sink_config()->send_timeout, 5.0), 0.);
+    ev_timer_set(&h->xchg_timer, evi_sink_config()->send_timeout, 0.);
     ev_timer_start(h->base.loop, &h->xchg_timer);
     write_req(h);
-}
-
-/* While DOWN, a job of a virtual: set that has other members goes to them now. Only the
- * head of the queue is looked at. */
-static void fail_fast_heads(struct http_sink *h)
-{
-    if (h->base.state != EVI_SINK_DOWN)
-        return;
-    struct evi_job *j;
-    while ((j = evi_sink_take(&h->base)) != NULL) {
-        if (!evi_job_fail_fast(j)) {
-            evi_sink_untake(&h->base, j);
-            return;
-        }
-        evi_job_done(j, -ENOTCONN);
-    }
 }
 
 static void pump(struct http_sink *h)
@@ -682,7 +654,7 @@ static void pump(struct http_sink *h)
         break;
     case H_CONNECTING:
     case H_BACKOFF:
-        fail_fast_heads(h);
+        evi_sink_fail_fast(&h->base);
         break;
     }
 }
@@ -700,7 +672,7 @@ static void connect_failed(struct http_sink *h, int err)
     close_conn(h);
     schedule_retry(h);
     set_down_errno(h, "connect", err);
-    fail_fast_heads(h);
+    evi_sink_fail_fast(&h->base);
 }
 
 static void connected(struct http_sink *h)
@@ -742,7 +714,7 @@ static void start_connect(struct http_sink *h)
         return;
     }
     ev_io_start(loop, &h->wio);
-    ev_timer_set(&h->conn_timer, cfg_or(evi_sink_config()->connect_timeout, 2.0), 0.);
+    ev_timer_set(&h->conn_timer, evi_sink_config()->connect_timeout, 0.);
     ev_timer_start(loop, &h->conn_timer);
 }
 
@@ -782,7 +754,7 @@ static void on_exchange_timeout(struct ev_loop *loop, ev_timer *w, int revents)
         return;
     }
     char why[128];
-    snprintf(why, sizeof(why), "no answer within %.1f s", cfg_or(evi_sink_config()->send_timeout, 5.0));
+    snprintf(why, sizeof(why), "no answer within %.1f s", evi_sink_config()->send_timeout);
     exchange_failed(h, -ETIMEDOUT, why);
 }
 
@@ -883,7 +855,7 @@ static int http_open(struct evi_sink *s, int check_only, char *err, size_t errle
     h->dst = ss;
     h->dstlen = sl;
     h->fd = -1;
-    h->backoff = HTTP_BACKOFF_MIN;
+    h->backoff = EVI_BACKOFF_MIN;
     ev_io_init(&h->rio, on_read, -1, EV_READ);
     ev_io_init(&h->wio, on_write, -1, EV_WRITE);
     ev_timer_init(&h->conn_timer, on_connect_timeout, 1.0, 0.);

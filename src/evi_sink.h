@@ -103,8 +103,18 @@ void evi_sink_set_state(struct evi_sink *s, enum evi_sink_state st, const char *
 /* Asks the core to call flush again before the loop next sleeps (the socket became
  * writable, a connection came up, a thread finished jobs). */
 void evi_sink_kick(struct evi_sink *s);
-/* The events = {} settings (timeouts, heartbeat). */
+/* The events = {} settings (timeouts, heartbeat): every value is usable as it is (the core
+ * replaces a zero or negative one by its default). */
 const struct evi_config *evi_sink_config(void);
+/* Fails at once (-ENOTCONN) every queued job that is fail-fast, when s is DOWN: a driver that
+ * cannot deliver for a while (connecting, backing off) lets virtual sets move on. The other
+ * jobs keep their order. */
+void evi_sink_fail_fast(struct evi_sink *s);
+/* Reconnect backoff (SPEC 6): the delay to wait now. *next holds the state: below
+ * EVI_BACKOFF_MIN (0 included) starts over at EVI_BACKOFF_MIN; each call doubles it, up to
+ * events.retry_max. */
+#define EVI_BACKOFF_MIN 0.5
+double evi_sink_backoff(double *next);
 
 /* ----- what a job carries ----- */
 

@@ -46,7 +46,6 @@
 #define TCP_IOV_JOBS     64           /* jobs per sendmsg (two iovecs each) */
 #define TCP_FLUSH_ROUNDS 4            /* fill+write rounds per flush: ~1 MB, then yield */
 #define TCP_READS_MAX    16           /* reads per wake-up of a peer that talks */
-#define TCP_BACKOFF_MIN  0.5
 #define TCP_STABLE_SECS  10.0         /* a connection that lived this long resets the backoff */
 
 enum tcp_conn {
@@ -104,11 +103,6 @@ static void set_down_errno(struct tcp_sink *t, const char *what, int err)
     evi_sink_set_state(&t->base, EVI_SINK_DOWN, why);
 }
 
-static double cfg_or(double v, double dflt)
-{
-    return v > 0 ? v : dflt;
-}
-
 static struct tcp_job *ring_at(struct tcp_sink *t, size_t i)
 {
     return &t->ring[(t->rhead + i) % TCP_INFLIGHT_MAX];
@@ -124,35 +118,12 @@ static struct evi_job *ring_pop(struct tcp_sink *t)
 
 static void start_connect(struct tcp_sink *t);
 
-/* While DOWN, a job of a virtual: set that has other members goes to them now rather than
- * wait for our reconnect. Only the head of the queue is looked at: a job that must wait
- * goes back and keeps its place. */
-static void fail_fast_heads(struct tcp_sink *t)
-{
-    if (t->base.state != EVI_SINK_DOWN)
-        return;
-    struct evi_job *j;
-    while ((j = evi_sink_take(&t->base)) != NULL) {
-        if (!evi_job_fail_fast(j)) {
-            evi_sink_untake(&t->base, j);
-            return;
-        }
-        evi_job_done(j, -ENOTCONN);
-    }
-}
-
 static void schedule_retry(struct tcp_sink *t)
 {
-    double retry_max = cfg_or(evi_sink_config()->retry_max, 30.0);
-    if (t->backoff < TCP_BACKOFF_MIN)
-        t->backoff = TCP_BACKOFF_MIN;
-    if (t->backoff > retry_max)
-        t->backoff = retry_max;
     t->conn = TCP_BACKOFF;
     ev_timer_stop(t->base.loop, &t->retry_timer);
-    ev_timer_set(&t->retry_timer, t->backoff, 0.);
+    ev_timer_set(&t->retry_timer, evi_sink_backoff(&t->backoff), 0.);
     ev_timer_start(t->base.loop, &t->retry_timer);
-    t->backoff *= 2;
 }
 
 /* Closes the connection. err is why (a negative errno). The job half written fails with
@@ -172,7 +143,7 @@ static void drop_conn(struct tcp_sink *t, int err, int all_fail, const char *why
         t->fd = -1;
     }
     if (ev_now(loop) - t->connected_at >= TCP_STABLE_SECS)
-        t->backoff = TCP_BACKOFF_MIN;
+        t->backoff = EVI_BACKOFF_MIN;
     schedule_retry(t);
     /* detach the ring first: nothing below may find jobs in it */
     size_t head = t->rhead, n = t->rlen, half = t->off > 0;
@@ -246,7 +217,7 @@ static int write_out(struct tcp_sink *t)
                     ev_io_start(loop, &t->wio);
                 if (!ev_is_active(&t->stall_timer)) {
                     t->last_progress = ev_now(loop);
-                    double to = cfg_or(evi_sink_config()->send_timeout, 5.0);
+                    double to = evi_sink_config()->send_timeout;
                     ev_timer_set(&t->stall_timer, to, 0.);
                     ev_timer_start(loop, &t->stall_timer);
                 }
@@ -310,7 +281,7 @@ static void tcp_flush(struct evi_sink *s)
         break;
     case TCP_CONNECTING:
     case TCP_BACKOFF:
-        fail_fast_heads(t);
+        evi_sink_fail_fast(&t->base);
         break;
     }
 }
@@ -340,7 +311,7 @@ static void connect_failed(struct tcp_sink *t, int err)
     }
     set_down_errno(t, "connect", err);
     schedule_retry(t);
-    fail_fast_heads(t);
+    evi_sink_fail_fast(&t->base);
 }
 
 static void start_connect(struct tcp_sink *t)
@@ -370,7 +341,7 @@ static void start_connect(struct tcp_sink *t)
     }
     ev_io_set(&t->wio, fd, EV_WRITE);
     ev_io_start(loop, &t->wio);
-    ev_timer_set(&t->conn_timer, cfg_or(evi_sink_config()->connect_timeout, 2.0), 0.);
+    ev_timer_set(&t->conn_timer, evi_sink_config()->connect_timeout, 0.);
     ev_timer_start(loop, &t->conn_timer);
 }
 
@@ -430,7 +401,7 @@ static void on_connect_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 static void on_stall(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct tcp_sink *t = w->data;
-    double to = cfg_or(evi_sink_config()->send_timeout, 5.0);
+    double to = evi_sink_config()->send_timeout;
     double left = t->last_progress + to - ev_now(loop);
     if (left > 0.001) {
         ev_timer_set(&t->stall_timer, left, 0.);
@@ -469,7 +440,7 @@ static int tcp_open(struct evi_sink *s, int check_only, char *err, size_t errlen
     t->dst = ss;
     t->dstlen = sl;
     t->fd = -1;
-    t->backoff = TCP_BACKOFF_MIN;
+    t->backoff = EVI_BACKOFF_MIN;
     ev_io_init(&t->rio, on_read, -1, EV_READ);
     ev_io_init(&t->wio, on_write, -1, EV_WRITE);
     ev_timer_init(&t->conn_timer, on_connect_timeout, 1.0, 0.);

@@ -52,7 +52,6 @@
 
 
 #define DG_FLUSH_MAX   256      /* datagrams per flush; the core calls again for the rest */
-#define DG_RETRY_MIN   0.5      /* s, first re-try of a DOWN receiver */
 #define UDP4_MAX_PAYLOAD 65507  /* 65535 - 20 (IPv4) - 8 (UDP) */
 #define UDP6_MAX_PAYLOAD 65527  /* 65535 - 8: the IPv6 payload length excludes its header */
 
@@ -210,18 +209,12 @@ static void set_state(struct dgram_sink *d, enum evi_sink_state st, const char *
         return;
     struct ev_loop *loop = d->base.loop;
     if (st == EVI_SINK_DOWN) {
-        double max = evi_sink_config()->retry_max;
-        if (max < DG_RETRY_MIN)
-            max = DG_RETRY_MIN;
-        if (d->backoff > max)
-            d->backoff = max;
         ev_timer_stop(loop, &d->rtimer);
-        ev_timer_set(&d->rtimer, d->backoff, 0.);
+        ev_timer_set(&d->rtimer, evi_sink_backoff(&d->backoff), 0.);
         ev_timer_start(loop, &d->rtimer);
-        d->backoff *= 2;
     } else if (st == EVI_SINK_UP) {
         ev_timer_stop(loop, &d->rtimer);
-        d->backoff = DG_RETRY_MIN;
+        d->backoff = EVI_BACKOFF_MIN;
     }
     evi_sink_set_state(&d->base, st, why);
 }
@@ -452,20 +445,14 @@ static void on_retry(struct ev_loop *loop, ev_timer *w, int revents)
             evi_sink_kick(&d->base);
         return;
     }
-    double max = evi_sink_config()->retry_max;
-    if (max < DG_RETRY_MIN)
-        max = DG_RETRY_MIN;
-    if (d->backoff > max)
-        d->backoff = max;
-    ev_timer_set(&d->rtimer, d->backoff, 0.);
+    ev_timer_set(&d->rtimer, evi_sink_backoff(&d->backoff), 0.);
     ev_timer_start(loop, &d->rtimer);
-    d->backoff *= 2;
 }
 
 static void dg_init(struct dgram_sink *d)
 {
     d->fd = -1;
-    d->backoff = DG_RETRY_MIN;
+    d->backoff = EVI_BACKOFF_MIN;
     ev_timer_init(&d->rtimer, on_retry, 1.0, 0.);
     d->rtimer.data = d;
     ev_io_init(&d->wio, on_writable, -1, EV_WRITE);

@@ -182,10 +182,11 @@ static void *thread_main(void *p)
 static void settings_of(struct evi_worker_settings *out)
 {
     const struct evi_config *c = evi_sink_config();
-    out->connect_timeout = c->connect_timeout > 0 ? c->connect_timeout : 2;
-    out->send_timeout = c->send_timeout > 0 ? c->send_timeout : 5;
-    out->retry_max = c->retry_max >= 0.5 ? c->retry_max : 0.5;
-    out->heartbeat = c->heartbeat > 0 ? c->heartbeat : 0;
+    /* the core keeps every value usable (evi_configure) */
+    out->connect_timeout = c->connect_timeout;
+    out->send_timeout = c->send_timeout;
+    out->retry_max = c->retry_max;
+    out->heartbeat = c->heartbeat;
 }
 
 static void on_async(struct ev_loop *loop, ev_async *a, int revents);

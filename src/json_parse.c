@@ -91,7 +91,8 @@ static size_t utf8_put(unsigned char *o, unsigned cp)
 
 /* A string at ps->p (on its opening quote). Returns a malloc'd, NUL-terminated, unescaped
  * copy (its length in *len), or NULL on error. An escape never produces more bytes than it
- * spans (\uXXXX: 6 bytes -> at most 3; a pair: 12 -> 4), so the span bounds the copy. */
+ * spans (a \u escape: 6 bytes -> at most 3; a surrogate pair: 12 -> 4), so the span bounds
+ * the copy. */
 static char *parse_string(struct parser *ps, size_t *len)
 {
     const unsigned char *q = ps->p + 1;

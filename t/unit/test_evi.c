@@ -507,6 +507,25 @@ static void test_unsubscribe_keeps_queued(void)
     CHECK(T[tidx("g")].closed == 1);
 }
 
+static void test_backoff_and_config(void)
+{
+    struct evi_config c = { 0, 0, 0, -1, 0.1, -3 }; /* every value out of range */
+    setup(&c);
+    const struct evi_config *k = evi_sink_config();
+    CHECK(k->queue_limit == 1 && k->connect_timeout == 2.0 && k->send_timeout == 5.0 &&
+          k->retry_max == EVI_BACKOFF_MIN && k->heartbeat == 0);
+    evi_shutdown(0);
+    struct evi_config r = { 10, 0, 1, 1, 3, 0 };
+    setup(&r);
+    double next = 0, seen[6];
+    for (int i = 0; i < 6; i++)
+        seen[i] = evi_sink_backoff(&next);
+    CHECK(seen[0] == 0.5 && seen[1] == 1 && seen[2] == 2 && seen[3] == 3 && seen[5] == 3);
+    next = EVI_BACKOFF_MIN; /* a connection that lived: start over */
+    CHECK(evi_sink_backoff(&next) == 0.5);
+    evi_shutdown(0);
+}
+
 static void test_script_load(void)
 {
     setup(NULL);
@@ -618,6 +637,7 @@ int main(void)
     test_round_robin();
     test_expiry();
     test_unsubscribe_keeps_queued();
+    test_backoff_and_config();
     test_script_load();
     test_handlers();
     test_shutdown_with_queued();
