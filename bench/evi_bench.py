@@ -71,14 +71,7 @@ def log(msg):
 
 
 def free_tcp_port(taken):
-    while True:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
-        if port not in taken:
-            taken.add(port)
-            return port
+    return sb.free_port(taken, socket.SOCK_STREAM)
 
 
 def alive(pid):

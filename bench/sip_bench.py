@@ -92,15 +92,20 @@ def log(msg):
     print(msg, flush=True)
 
 
-def free_udp_port(taken):
+def free_port(taken, kind=socket.SOCK_DGRAM):
+    """A loopback port of that kind the kernel says is free, not in taken (added to it)."""
     while True:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(socket.AF_INET, kind)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         s.close()
         if port not in taken:
             taken.add(port)
             return port
+
+
+def free_udp_port(taken):
+    return free_port(taken, socket.SOCK_DGRAM)
 
 
 def children_of(pid):
