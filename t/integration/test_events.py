@@ -923,6 +923,24 @@ def test_events_dropped_reported_with_a_queue_limit_of_1(t):
     lsip.no_error_log(t, inst)
 
 
+def test_events_reload_applies_new_queue_limit(t):
+    """events = {} is re-read by SIGHUP: the same burst of 50 arrives whole with the default
+    queue_limit, and loses events once the reloaded lunasip.conf sets queue_limit = 1."""
+    sink, dsink = Sink(t), Sink(t)
+    inst = t.instance(_sub(DROPPED_LUA, SINK=sink.socket, DSINK=dsink.socket), ipv6=False)
+    _ask(t, inst, t.peer(), "burst before the reload")
+    t.eq(len(sink.events(1.0)), 50, "E_BURST datagrams with the default queue_limit")
+    inst.conf_extra = "events = { queue_limit = 1 }"
+    inst.write_conf()
+    mark = inst.mark()
+    inst.signal(signal.SIGHUP)
+    t.check(inst.wait_log(r"reload done", 5.0, mark), "no 'reload done' after SIGHUP")
+    _ask(t, inst, t.peer(), "burst after the reload")
+    after = sink.events(1.0)
+    t.check(1 <= len(after) < 50, "E_BURST datagrams after reloading queue_limit = 1: %d" % len(after))
+    lsip.no_error_log(t, inst)
+
+
 # -------------------------------------------------------- 5. a bad socket in server.lua
 
 BAD_SOCKET_LINE = 3
