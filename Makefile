@@ -25,7 +25,9 @@ endif
 # (flatstore, rabbitmq) run in threads of their own, never on the event loop.
 RMQ_CFLAGS := $(shell pkg-config --cflags librabbitmq 2>/dev/null)
 RMQ_LIBS   := $(shell pkg-config --libs librabbitmq 2>/dev/null || echo -lrabbitmq)
-LIBS     := $(LUAJIT_LIBS) $(EV_LIBS) $(RMQ_LIBS) -lm -ldl -pthread
+# mbedTLS: tls: and wss: (src/tls.c), SHA-1/base64 of the WebSocket handshake, HMAC of flow tokens.
+TLS_LIBS := -lmbedtls -lmbedx509 -lmbedcrypto
+LIBS     := $(LUAJIT_LIBS) $(EV_LIBS) $(RMQ_LIBS) $(TLS_LIBS) -lm -ldl -pthread
 
 SRCS     := $(filter-out src/main.c,$(wildcard src/*.c))
 OBJS     := $(SRCS:src/%.c=$(BUILD)/obj/%.o)
@@ -97,11 +99,11 @@ bench: deps-bench
 # new inputs go to a scratch corpus under build/fuzz, never into t/.
 FUZZ_SECONDS ?= 60
 # The parsers and what they need, nothing that wants a loop or a Lua state.
-FUZZ_SRCS := src/log.c src/stats.c src/sip_grammar.c src/sip_msg.c src/json.c src/json_parse.c
+FUZZ_SRCS := src/log.c src/stats.c src/sip_grammar.c src/sip_msg.c src/json.c src/json_parse.c src/ws.c
 fuzz:
 	@mkdir -p build/fuzz
-	@for t in sip_msg sip_grammar json; do \
-	  clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isrc -o build/fuzz/fuzz_$$t t/fuzz/fuzz_$$t.c $(FUZZ_SRCS) || exit 1; \
+	@for t in sip_msg sip_grammar json ws; do \
+	  clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isrc -o build/fuzz/fuzz_$$t t/fuzz/fuzz_$$t.c $(FUZZ_SRCS) -lmbedcrypto || exit 1; \
 	  mkdir -p build/fuzz/corpus_$$t; \
 	  build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus_$$t t/data/torture || exit 1; \
 	done

@@ -50,7 +50,30 @@
     X(events_depth_capped, "raises inside event_route too deep to run handlers") \
     X(events_expired, "subscriptions expired") \
     X(ctl_requests, "control socket requests") \
-    X(ctl_errors, "control socket requests answered with an error")
+    X(ctl_errors, "control socket requests answered with an error") \
+    X(conn_accepted, "stream connections accepted (tcp, tls, ws, wss)") \
+    X(conn_connected, "stream connections lunasip opened") \
+    X(conn_connect_failed, "outgoing connections that failed (refused, tcp_connect_timeout, TLS)") \
+    X(conn_closed, "stream connections closed, for any reason") \
+    X(conn_refused_limit, "connections refused by max_connections or max_connections_per_ip") \
+    X(conn_header_timeout, "connections closed by header_timeout (a stalled message head)") \
+    X(conn_idle_timeout, "connections closed by connection_idle_timeout") \
+    X(conn_oversized, "connections closed for a message above the size limits") \
+    X(conn_framing_errors, "connections closed for a message that cannot be framed") \
+    X(conn_send_overflow, "connections closed because the peer did not read its output") \
+    X(conn_keepalives, "double-CRLF keepalives answered on stream connections") \
+    X(tls_handshakes, "TLS handshakes completed") \
+    X(tls_handshake_failed, "TLS handshakes failed or timed out (tls_handshake_timeout)") \
+    X(tls_rejected, "TLS connections rejected by a handshake callback") \
+    X(ws_upgrades, "WebSocket upgrades accepted") \
+    X(ws_rejected, "WebSocket upgrades refused (HTTP error, subprotocol, origin, script)") \
+    X(ws_protocol_errors, "WebSocket connections closed for a framing error (1002, 1007, 1009)") \
+    X(ws_pings_sent, "WebSocket pings sent") \
+    X(ws_pong_timeouts, "WebSocket connections closed for a missing pong") \
+    X(flow_tokens_sent, "flow tokens written into Record-Route or Path") \
+    X(flow_routed, "requests sent over the flow their Route token named") \
+    X(flow_failed, "430 Flow Failed: the flow of a Route token is gone") \
+    X(flow_forged, "Route flow tokens refused (bad signature)")
 
 struct stats {
 #define STATS_DECLARE(name, help) uint64_t name;
