@@ -1,13 +1,15 @@
 -- The lunasip Lua library: `local lunasip = require "lunasip"` in server.lua.
 -- SPEC §5: lunasip.Uri, lunasip.NameAddr, lunasip.log, lunasip.Proxy, lunasip.Uac and
 -- lunasip.UacRequest, lunasip.events (raise_event & co., also set as globals by the core),
--- and the dispatchers the core calls: one for every request it hands to SipEvents.on_request,
+-- lunasip.Connection (stream connections) and lunasip.tls (certificate checks), and the
+-- dispatchers the core calls: one for every request it hands to SipEvents.on_request,
 -- one for what happens to a routing (src/lapi.h), and three for event_route (src/lvm.c).
 local uri = require "lunasip.uri"
 local Message = require "lunasip.message"
 local proxy = require "lunasip.proxy"
 local uac = require "lunasip.uac"
 local events = require "lunasip.events"
+local Connection = require "lunasip.connection"
 
 local lunasip = {
   version = "0.1.0",
@@ -19,6 +21,8 @@ local lunasip = {
   UacRequest = uac.UacRequest,
   log = require "lunasip.log",
   events = events,
+  Connection = Connection,
+  tls = require "lunasip.tls",
 }
 
 local wrap = Message.wrap
@@ -46,5 +50,8 @@ lunasip._dispatch_proxy = proxy.dispatch
 lunasip._dispatch_event = events.dispatch
 lunasip._has_event_route = events.has_route
 lunasip._check_event_routes = events.check
+
+--- Connections: the core calls lunasip.connection's _dispatch (WebSocketEvents and the TLS
+--- handshake callbacks) and _release (a connection closed) directly (src/lapi_conn.c).
 
 return lunasip

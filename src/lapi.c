@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "flow.h"
 #include "log.h"
 #include "proxy.h"
 #include "sip_msg.h"
@@ -255,6 +256,7 @@ int lunasip_msg_int(uint32_t h, uint32_t g, int field, int64_t *out)
         *out = port;
         return LAPI_OK;
     case LAPI_I_VIA_COUNT: *out = m->nvia; return LAPI_OK;
+    case LAPI_I_CONN_ID: *out = (int64_t)m->conn_id; return LAPI_OK;
     default: return LAPI_EINVAL;
     }
 }
@@ -566,6 +568,12 @@ int lunasip_msg_destination_myself(uint32_t h, uint32_t g)
     return m->is_request && uri_is_local(&m->ruri);
 }
 
+int lunasip_msg_outbound_requested(uint32_t h, uint32_t g)
+{
+    GET_MSG(h, g);
+    return m->is_request ? (flow_outbound_requested(m) ? 1 : 0) : 0;
+}
+
 int lunasip_uri_is_local(const char *s, size_t len)
 {
     struct sip_uri u;
@@ -669,6 +677,9 @@ int lunasip_msg_loose_route(uint32_t h, uint32_t g)
         struct sip_nameaddr na;
         if (sip_nameaddr_parse(vals[first].s, vals[first].len, 0, &na) != 0 || !uri_is_local(&na.uri))
             break;
+        /* a flow token of ours (RFC 5626 §5.3): the proxy core sends over that flow */
+        if (na.uri.user.len)
+            m->route_user = na.uri.user;
         first++;
         consumed++;
     }

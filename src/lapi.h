@@ -66,6 +66,7 @@ enum lapi_int_field {
     LAPI_I_SOURCE_PORT,
     LAPI_I_LOCAL_PORT,
     LAPI_I_VIA_COUNT,
+    LAPI_I_CONN_ID,      /* the stream connection it came on (src/conn.h), 0 for UDP */
 };
 
 /* Header edit operations for lunasip_msg_edit. */
@@ -98,6 +99,9 @@ int lunasip_msg_destination_myself(uint32_t h, uint32_t g);
 int lunasip_msg_clamp_max_forwards(uint32_t h, uint32_t g, int n);
 /* req:loose_route(): 1 when a Route of ours was consumed (RFC 3261 §16.4), 0 when none. */
 int lunasip_msg_loose_route(uint32_t h, uint32_t g);
+/* req:incoming_outbound_requested(): flow_outbound_requested (src/flow.h), 1 or 0 (0 for
+ * a response). */
+int lunasip_msg_outbound_requested(uint32_t h, uint32_t g);
 /* Whether a URI (bare, no <>) names this lunasip (loose routing, Route checks). */
 int lunasip_uri_is_local(const char *s, size_t len);
 /* The serialised message with its edits into buf (for tests and logging).
@@ -182,6 +186,41 @@ int lunasip_proxy_events(uint32_t ctx, unsigned mask);
  * timeout 0 = the profile's blacklist_time (else 2..3000 s), status 0 = 403, reason NULL =
  * "Destination Blacklisted". LAPI_OK, LAPI_NONE (no current target), LAPI_EINVAL. */
 int lunasip_proxy_blacklist(uint32_t ctx, int timeout, int status, const char *reason, size_t rlen);
+
+/* ----- Connections and lunasip.tls (SPEC §5.1-§5.3; src/lapi_conn.c) -----
+ * lua/lunasip/connection.lua and lua/lunasip/tls.lua call these. Lua holds connection ids,
+ * never pointers: every call looks the connection up (conn_get) and answers LAPI_GONE once
+ * it has left the table. */
+
+/* What Lua keeps of a connection (copied: nothing points into the connection). */
+struct lunasip_conn_info {
+    char transport[8];      /* "tcp", "tls", "ws", "wss" */
+    int remote_port, local_port;
+    char remote_ip[64], local_ip[64];   /* without brackets */
+    char tls_version[32];   /* "TLSv1.2"; "" when not TLS */
+    char tls_sni[256];      /* the SNI name the client asked for; "" when none */
+};
+/* Fills *out; marks the connection as known to Lua (its state is released in every Lua
+ * state when it closes). LAPI_OK or LAPI_GONE. */
+int lunasip_conn_info(uint64_t id, struct lunasip_conn_info *out);
+/* 1 while the connection is in the table and neither closing nor asked to close; else 0. */
+int lunasip_conn_is_open(uint64_t id);
+/* conn:close(). Inside a handshake callback or WebSocketEvents.on_connection for that very
+ * connection it rejects it (the hook's answer); else the close is scheduled for when the
+ * running Lua code has returned (the loop's next turn): a handler never closes a
+ * connection under the core's feet. LAPI_OK, or LAPI_GONE when it is gone or closing. */
+int lunasip_conn_close(uint64_t id);
+/* conn:http_reject(code, reason): LAPI_OK; LAPI_NONE outside WebSocketEvents.on_connection
+ * for that connection; LAPI_EINVAL for a code outside 400..699 or a reason longer than
+ * LAPI_REASON_MAX or holding CR, LF or NUL (reason NULL: the standard phrase). */
+#define LAPI_REASON_MAX 256
+int lunasip_conn_http_reject(uint64_t id, int code, const char *reason, size_t rlen);
+/* lunasip.tls.validate: 1 valid, 0 invalid with err filled (tls_validate_pems against the
+ * context of lapi_set_tls_ctx). More than LAPI_TLS_MAX_CHAIN certificates: 0, "chain too long". */
+#define LAPI_TLS_MAX_CHAIN 16
+int lunasip_tls_validate(const char *const *pems, const size_t *lens, size_t n, char *err, size_t errlen);
+/* lunasip.tls.sip_identities: tls_sip_identities (the count, or -1 when it does not parse). */
+int lunasip_tls_sip_identities(const char *pem, size_t len, char *out, size_t cap);
 
 /* ----- Events (SPEC §5.4; src/evi.c, src/lapi_evi.c) -----
  * raise_event, subscribe_event, unsubscribe_event and fetch_event_params of

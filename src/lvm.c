@@ -13,6 +13,7 @@
 
 #include "evi.h"
 #include "lapi.h"
+#include "lapi_conn.h"
 #include "log.h"
 #include "sip_msg.h"
 #include "stats.h"
@@ -26,11 +27,13 @@ struct lvm {
     int ref_traceback;  /* message handler */
     int ref_event;      /* lunasip._dispatch_event */
     int ref_has_event;  /* lunasip._has_event_route */
+    struct lvm *next;   /* the list of live states, newest first */
 };
 
 struct lvm *lvm_current;
 struct lvm *lvm_active;
 static unsigned next_gen = 1;
+static struct lvm *all_states; /* every state not closed yet (lvm_first) */
 
 /* The message handler of every pcall: the error with a traceback of the failing stack. */
 static int traceback(lua_State *L)
@@ -198,6 +201,13 @@ int lvm_create(const struct lvm_env *env, struct lvm **out, char *err, size_t er
         return -1;
     }
     luaL_openlibs(L);
+    /* require "lunasip.core_conn": the C functions of lua/lunasip/connection.lua that need
+     * a lua_State (copying cvars between states on reload) */
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, lapi_conn_luaopen);
+    lua_setfield(L, -2, "lunasip.core_conn");
+    lua_pop(L, 2);
     lua_pushcfunction(L, traceback); /* stack[1]: the message handler for every pcall */
     if (bootstrap(L, env, err, errlen) != 0)
         goto fail;
@@ -228,6 +238,8 @@ int lvm_create(const struct lvm_env *env, struct lvm **out, char *err, size_t er
     vm->refs = 1;
     script_path = env->script; /* lives in the config, as long as the process */
     vm->gen = next_gen++;
+    vm->next = all_states;
+    all_states = vm;
     *out = vm;
     return 0;
 
@@ -247,6 +259,11 @@ void lvm_unref(struct lvm *vm)
     if (!vm || --vm->refs > 0)
         return;
     LOG_DEBUG("closing Lua state %u", vm->gen);
+    for (struct lvm **pp = &all_states; *pp; pp = &(*pp)->next)
+        if (*pp == vm) {
+            *pp = vm->next;
+            break;
+        }
     lua_close(vm->L);
     free(vm);
 }
@@ -255,6 +272,8 @@ void lvm_install(struct lvm *vm)
 {
     struct lvm *old = lvm_current;
     lvm_current = vm;
+    if (vm)
+        lapi_conn_adopt(vm); /* connections' cvars survive the reload (SPEC §5.6) */
     if (old)
         lvm_unref(old);
 }
@@ -262,6 +281,21 @@ void lvm_install(struct lvm *vm)
 unsigned lvm_generation(const struct lvm *vm)
 {
     return vm->gen;
+}
+
+struct lua_State *lvm_lua(struct lvm *vm)
+{
+    return vm->L;
+}
+
+struct lvm *lvm_first(void)
+{
+    return all_states;
+}
+
+struct lvm *lvm_next(const struct lvm *vm)
+{
+    return vm->next;
 }
 
 /* lua_pcall in vm with lvm_active naming it for the time of the call (nested calls
@@ -306,16 +340,28 @@ static void check_slow(const char *what, int64_t t0, const struct sip_msg *m)
 
 /* Calls the function under nargs arguments on the stack, timed and with its error logged as
  * what's (errfunc: the traceback handler's index). 0, or -1 when it raised an error. */
-static int call_logged(struct lvm *vm, int nargs, int errfunc, const char *what)
+static int call_logged(struct lvm *vm, int nargs, int nresults, int errfunc, const char *what)
 {
     int64_t t0 = now_us();
     int rc = 0;
-    if (vm_pcall(vm, nargs, 0, errfunc) != 0) {
+    if (vm_pcall(vm, nargs, nresults, errfunc) != 0) {
         stats.lua_errors++;
         log_lua_error(what, lua_tostring(vm->L, -1));
+        lua_pop(vm->L, 1);
         rc = -1;
     }
     check_slow(what, t0, NULL);
+    return rc;
+}
+
+int lvm_call(struct lvm *vm, int nargs, int nresults, const char *what)
+{
+    lua_State *L = vm->L;
+    int base = lua_gettop(L) - nargs; /* the function */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_traceback);
+    lua_insert(L, base);
+    int rc = call_logged(vm, nargs, nresults, base, what);
+    lua_remove(L, base);
     return rc;
 }
 
@@ -335,7 +381,7 @@ int lvm_system_event(struct lvm *vm, const char *name, const char *arg)
             lua_pushstring(L, arg);
             nargs = 1;
         }
-        rc = call_logged(vm, nargs, -3 - nargs, what);
+        rc = call_logged(vm, nargs, 0, -3 - nargs, what);
     }
     lua_settop(L, 0);
     lvm_unref(vm);
@@ -443,7 +489,7 @@ int lvm_event_route(struct lvm *vm, const char *name)
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_traceback);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_event);
     lua_pushstring(L, name);
-    if ((rc = call_logged(vm, 1, 1, what)) != 0)
+    if ((rc = call_logged(vm, 1, 0, 1, what)) != 0)
         stats.events_handler_errors++;
     lua_settop(L, 0);
     lvm_unref(vm);

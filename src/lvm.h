@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct lua_State;
 struct sip_msg;
 
 struct lvm_env {
@@ -29,7 +30,9 @@ int lvm_create(const struct lvm_env *env, struct lvm **out, char *err, size_t er
 void lvm_ref(struct lvm *vm);
 void lvm_unref(struct lvm *vm);       /* closes the state at zero */
 /* Makes vm the current state (taking over the caller's reference) and drops the
- * current one's reference: the old state lives on while anything else holds it. */
+ * current one's reference: the old state lives on while anything else holds it. The
+ * cvars the older states keep for live connections are copied into vm first
+ * (lapi_conn_adopt). Call from the loop, never from inside Lua. */
 void lvm_install(struct lvm *vm);
 unsigned lvm_generation(const struct lvm *vm);
 
@@ -64,6 +67,21 @@ int lvm_proxy_event(struct lvm *vm, uint32_t ctx, const struct lvm_proxy_ev *ev,
  * from inside Lua. */
 int lvm_has_event_route(struct lvm *vm, const char *name);
 int lvm_event_route(struct lvm *vm, const char *name);
+
+/* ----- for the Lua side of connections (src/lapi_conn.c) ----- */
+
+/* The lua_State of vm. Only for code that runs from the loop (never from an FFI call). */
+struct lua_State *lvm_lua(struct lvm *vm);
+/* Every state still alive, the current one and those a reload replaced but something
+ * still references, newest first: for (vm = lvm_first(); vm; vm = lvm_next(vm)). */
+struct lvm *lvm_first(void);
+struct lvm *lvm_next(const struct lvm *vm);
+/* Calls the function under nargs arguments on top of vm's stack under the traceback
+ * handler, timed like every handler (LVM_SLOW_US), with lvm_active set. On success the
+ * nresults results replace the function and its arguments; on error the error is logged
+ * with its traceback as "what: ..." and nothing is left. Returns 0 or -1. The caller
+ * holds a reference on vm. */
+int lvm_call(struct lvm *vm, int nargs, int nresults, const char *what);
 
 /* Handlers slower than this are logged and raise E_CORE_THRESHOLD (SPEC §5). */
 #define LVM_SLOW_US 100000

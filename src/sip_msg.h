@@ -161,6 +161,10 @@ struct sip_msg {
     struct sockaddr_storage dst; /* local address it arrived on */
     socklen_t dstlen;
     void *listener;              /* struct listener *, borrowed */
+    uint64_t conn_id;            /* stream transports: the connection it came on (src/conn.h),
+                                  * 0 for UDP */
+    struct sip_str route_user;   /* req:loose_route(): the user part of the last Route of
+                                  * ours it consumed (a flow token, src/flow.h), in buf */
 
     uint32_t handle;             /* Lua handle slot, 0 = none (see lapi.c) */
     struct txn *txn;             /* requests: the server transaction answering it, set and

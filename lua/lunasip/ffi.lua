@@ -58,6 +58,21 @@ int lunasip_event_param(size_t idx, const char **name, size_t *nlen, int *type, 
                         size_t *slen, int64_t *i);
 void lunasip_event_route_changed(void);
 int lunasip_event_name_valid(const char *s, size_t n);
+
+int lunasip_msg_outbound_requested(uint32_t h, uint32_t g);
+struct lunasip_conn_info {
+  char transport[8];
+  int remote_port, local_port;
+  char remote_ip[64], local_ip[64];
+  char tls_version[32];
+  char tls_sni[256];
+};
+int lunasip_conn_info(uint64_t id, struct lunasip_conn_info *out);
+int lunasip_conn_is_open(uint64_t id);
+int lunasip_conn_close(uint64_t id);
+int lunasip_conn_http_reject(uint64_t id, int code, const char *reason, size_t rlen);
+int lunasip_tls_validate(const char *const *pems, const size_t *lens, size_t n, char *err, size_t errlen);
+int lunasip_tls_sip_identities(const char *pem, size_t len, char *out, size_t cap);
 ]]
 
 local C
@@ -73,4 +88,6 @@ return {
   OK = 0, NONE = -1, GONE = -2, EINVAL = -3, EDONE = -4, ESEND = -5, ENOMEM = -6,
   -- what lunasip._dispatch_proxy returns (LAPI_R_*), the transport argument LAPI_TP_ANY
   R_DROP = 1, R_ABORT = 2, TP_ANY = -1,
+  -- limits of src/lapi.h: LAPI_REASON_MAX, LAPI_TLS_MAX_CHAIN
+  REASON_MAX = 256, TLS_MAX_CHAIN = 16,
 }

@@ -4,6 +4,7 @@
 local ffi = require "ffi"
 local core = require "lunasip.ffi"
 local urimod = require "lunasip.uri"
+local Connection = require "lunasip.connection"
 local C = core.C
 local Uri, NameAddr = urimod.Uri, urimod.NameAddr
 
@@ -19,7 +20,8 @@ local piter = ffi.new("uint64_t[1]")
 -- field ids (src/lapi.h enum lapi_str_field / lapi_int_field / lapi_edit_op)
 local F_METHOD, F_RURI, F_CALL_ID, F_BODY, F_REASON, F_SOURCE_IP, F_TRANSPORT, F_FROM, F_TO,
       F_FROM_TAG, F_TO_TAG, F_LOCAL_IP = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
-local I_IS_REQUEST, I_STATUS, I_CSEQ, I_MAX_FORWARDS, I_SOURCE_PORT, I_LOCAL_PORT, I_VIA_COUNT = 0, 1, 2, 3, 4, 5, 6
+local I_IS_REQUEST, I_STATUS, I_CSEQ, I_MAX_FORWARDS, I_SOURCE_PORT, I_LOCAL_PORT, I_VIA_COUNT, I_CONN_ID =
+      0, 1, 2, 3, 4, 5, 6, 7
 local E_DELETE, E_DELETE_TOP, E_INSERT, E_APPEND = 0, 1, 2, 3
 
 local function str(self, field)
@@ -112,19 +114,40 @@ function getters:tvars()
   rawset(self, "tvars", t)
   return t
 end
--- Over UDP there is no connection: msg.connection describes the flow the message came on
--- (transport and addresses), and msg.cvars is nil. Stream transports bring both.
+-- Stream transports (tcp, tls, ws, wss): msg.connection is the connection object
+-- (lua/lunasip/connection.lua), the same one the WebSocketEvents and TLS callbacks get, and
+-- msg.cvars its per-connection table. Over UDP there is no connection: msg.connection
+-- describes the flow the message came on (transport and addresses), and msg.cvars is nil.
 function getters:connection()
-  local conn = {
-    transport = str(self, F_TRANSPORT),
-    remote_ip = str(self, F_SOURCE_IP), remote_port = int(self, I_SOURCE_PORT),
-    local_ip = str(self, F_LOCAL_IP), local_port = int(self, I_LOCAL_PORT),
-    close = function() return false end,
-  }
+  local id = int(self, I_CONN_ID)
+  local conn
+  if id and id ~= 0 then
+    conn = Connection.get(id)
+    if not conn then -- closed before we looked: the message still tells where it came from
+      conn = Connection._detached(id, {
+        transport = str(self, F_TRANSPORT),
+        remote_ip = str(self, F_SOURCE_IP), remote_port = int(self, I_SOURCE_PORT),
+        local_ip = str(self, F_LOCAL_IP), local_port = int(self, I_LOCAL_PORT),
+      })
+    end
+  else
+    conn = {
+      transport = str(self, F_TRANSPORT),
+      remote_ip = str(self, F_SOURCE_IP), remote_port = int(self, I_SOURCE_PORT),
+      local_ip = str(self, F_LOCAL_IP), local_port = int(self, I_LOCAL_PORT),
+      close = function() return false end,
+    }
+  end
   rawset(self, "connection", conn)
   return conn
 end
-function getters:cvars() return nil end
+function getters:cvars()
+  local id = int(self, I_CONN_ID)
+  if not id or id == 0 then return nil end
+  local cv = self.connection.cvars
+  rawset(self, "cvars", cv)
+  return cv
+end
 
 local Message = {}
 local methods = {}
@@ -380,23 +403,13 @@ function methods:loose_route()
   return rc == 1
 end
 
---- RFC 5626 §5.1: the first hop of a UA that asks for Outbound: one Via, Supported:
---- outbound, and a Contact with reg-id and +sip.instance (REGISTER) or ;ob (others).
+--- RFC 5626 §5.1 (src/flow.h flow_outbound_requested): an initial request from the first
+--- hop (one Via) whose single Contact asks for Outbound: reg-id and +sip.instance with
+--- Supported: outbound (REGISTER), or ;ob in the Contact URI (others). False for a response.
 function methods:incoming_outbound_requested()
-  local nvia, err = int(self, I_VIA_COUNT)
-  if err then return nil, err end
-  if nvia ~= 1 then return false end
-  local supported = false
-  for _, v in ipairs(self:header_all("Supported")) do
-    if v:lower() == "outbound" then supported = true end
-  end
-  if not supported then return false end
-  local c = self.contact
-  if not c then return false end
-  if self.method == "REGISTER" then
-    return c:has_param("reg-id") and c:has_param("+sip.instance")
-  end
-  return c.uri:has_param("ob")
+  local rc = C.lunasip_msg_outbound_requested(self._h, self._g)
+  if rc == core.GONE then return nil, "gone" end
+  return rc == 1
 end
 
 --- Wraps a handle (from the core) in a message object.
