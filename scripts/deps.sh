@@ -8,7 +8,10 @@ case "$1" in
   # luajit2: the OpenResty LuaJIT interpreter busted runs on (--lua=luajit);
   # python3: the integration test driver (standard library only); sip-tester: SIPp.
   # rabbitmq-server: the broker the rabbitmq: sink tests publish to (started by the tests).
-  test)  want="$build luajit2 lua-busted python3 sip-tester rabbitmq-server" ;;
+  # kamailio: the registrar behind lunasip in the WebRTC tests; openssl: their certificates.
+  # Node.js and npm run the JsSIP client (t/node): Debian's, unless a node is already there.
+  test)  want="$build luajit2 lua-busted python3 sip-tester rabbitmq-server kamailio openssl"
+         command -v node >/dev/null 2>&1 || want="$want nodejs npm" ;;
   # kamailio: the comparison peer, kamailio-lua-modules its app_lua (the call-flow bench);
   # libosip2-dev: the parser we measure against.
   bench) want="$build luajit2 python3 sip-tester rabbitmq-server kamailio kamailio-lua-modules libosip2-dev" ;;

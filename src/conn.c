@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "evi.h"
 #include "log.h"
 #include "stats.h"
 #include "tls.h"
@@ -204,6 +205,8 @@ struct conn_priv {
     /* times (ev_now) */
     ev_tstamp t_state;           /* entering CONNECTING, TLS or WS_UPGRADE */
     ev_tstamp msg_start;         /* first byte of the partial SIP message, 0 = none */
+    const char *why;             /* why it closes (static text), for E_CORE_TCP_DISCONNECT */
+    uint16_t ws_code;            /* the WebSocket close code sent or received, 0 = none */
     ev_tstamp last_used, last_rx, last_ping, pong_deadline, close_deadline;
 
     /* input: bytes kept between reads (a partial message); empty most of the time */
@@ -505,6 +508,40 @@ static int linger_start(int fd)
     return 0;
 }
 
+/* The first reason given for a close wins: it is what the events report. */
+static void set_why(struct conn *c, const char *why)
+{
+    if (!c->priv->why)
+        c->priv->why = why;
+}
+
+/* SPEC §5.5: E_CORE_TCP_DISCONNECT for every stream connection that was open (tcp, tls,
+ * ws, wss: src is the peer, dst lunasip), E_WS_CLOSED for a WebSocket one. */
+static void raise_close_events(struct conn *c)
+{
+    struct conn_priv *p = c->priv;
+    const char *why = p->why ? p->why : p->client_closed ? "closed by the peer" : "closed";
+    struct evi_param d[] = {
+        EVI_STR("src_ip", c->remote_ip),
+        EVI_INT("src_port", c->remote_port),
+        EVI_STR("dst_ip", c->local_ip),
+        EVI_INT("dst_port", c->local_port),
+        EVI_STR("proto", sip_transport_name(c->transport)),
+        EVI_STR("reason", why),
+    };
+    evi_raise_core("E_CORE_TCP_DISCONNECT", d, 6);
+    if (is_ws(c)) {
+        struct evi_param w[] = {
+            EVI_STR("src_ip", c->remote_ip),
+            EVI_INT("src_port", c->remote_port),
+            EVI_INT("code", p->ws_code ? p->ws_code : WS_CLOSE_ABNORMAL),
+            EVI_STR("reason", why),
+            EVI_BOOL("client_closed", p->client_closed),
+        };
+        evi_raise_core("E_WS_CLOSED", w, 5);
+    }
+}
+
 /* Takes c out of the table: stops its watchers, closes the socket, calls on_close (once),
  * drops the table's reference. Runs only from the loop (never inside a hook of c). */
 static void finish(struct conn *c)
@@ -541,6 +578,8 @@ static void finish(struct conn *c)
     }
     LOG_DEBUG("%s: closed (%s%s%s)", p->name, was_open ? "was open" : "never opened",
               p->client_closed ? ", by the peer" : "", failed ? ", output lost" : "");
+    if (was_open && !no_hooks)
+        raise_close_events(c);
     if (hooks.on_close && !no_hooks)
         hooks.on_close(c, was_open, p->client_closed, failed);
     conn_unref(c);
@@ -741,6 +780,7 @@ static int out_flush(struct conn *c)
 static void broken(struct conn *c, const char *what, int err)
 {
     LOG_DEBUG("%s: %s: %s", c->priv->name, what, strerror(err));
+    set_why(c, "connection error");
     c->priv->client_closed = 1;
     close_now(c);
 }
@@ -869,6 +909,9 @@ static void begin_close(struct conn *c, int ws_frame, uint16_t code, const char 
     enum conn_state was = c->state;
     c->state = CONN_CLOSING;
     p->close_deadline = now() + CONN_CLOSE_FLUSH;
+    if (ws_frame && was == CONN_OPEN && is_ws(c) && !p->ws_code)
+        p->ws_code = code ? code : WS_CLOSE_NORMAL;
+    set_why(c, reason ? reason : "closed by lunasip");
     p->msg_start = 0;
     if (ws_frame && was == CONN_OPEN && is_ws(c)) {
         uint8_t f[127];
@@ -910,7 +953,9 @@ static void framing_error(struct conn *c, const char *buf, size_t len)
     if (r != -1) {
         stats.conn_oversized++;
         LOG_NOTICE("closing %s: a message above sip.max_message_size (%zu bytes)", p->name, lim.max_msg);
+        set_why(c, "message too large");
     } else {
+        set_why(c, "framing error");
         stats.conn_framing_errors++;
         LOG_NOTICE("closing %s: a message that cannot be framed (missing, invalid or repeated Content-Length)",
                    p->name);
@@ -988,6 +1033,7 @@ static void ws_reject(struct conn *c, int code, const char *reason, const char *
     char out[512];
     stats.ws_rejected++;
     LOG_NOTICE("%s: WebSocket upgrade refused with %d: %s", c->priv->name, code, why);
+    set_why(c, "WebSocket upgrade refused");
     long n = ws_http_reject(code, reason, NULL, out, sizeof(out));
     if (n < 0)
         n = ws_http_reject(code, NULL, NULL, out, sizeof(out));
@@ -1092,6 +1138,8 @@ static size_t process_ws(struct conn *c, char *buf, size_t len)
         case WS_EV_CLOSE: {
             uint16_t code = (r.code == 0 || r.code == WS_CLOSE_NO_STATUS) ? WS_CLOSE_NORMAL : r.code;
             p->client_closed = 1;
+            p->ws_code = r.code ? r.code : WS_CLOSE_NO_STATUS;
+            set_why(c, "closed by the peer");
             LOG_DEBUG("%s: WebSocket close %u from the peer", p->name, (unsigned)r.code);
             begin_close(c, 1, code, NULL);
             return len;
@@ -1101,6 +1149,7 @@ static size_t process_ws(struct conn *c, char *buf, size_t len)
             if (r.code == WS_CLOSE_TOO_BIG)
                 stats.conn_oversized++;
             LOG_NOTICE("closing %s: WebSocket %u: %s", p->name, (unsigned)r.code, r.why ? r.why : "protocol error");
+            set_why(c, r.why ? r.why : "WebSocket protocol error");
             begin_close(c, 1, r.code ? r.code : WS_CLOSE_PROTOCOL, NULL);
             return len;
         }
@@ -1177,6 +1226,7 @@ static void peer_closed(struct conn *c)
     struct conn_priv *p = c->priv;
     p->client_closed = 1;
     p->peer_eof = 1;
+    set_why(c, "closed by the peer");
     LOG_DEBUG("%s: closed by the peer", p->name);
     if (out_queued(p))
         begin_close(c, 0, 0, NULL);
@@ -1330,6 +1380,14 @@ static void tls_failed(struct conn *c, const char *why)
     if (c->outgoing)
         stats.conn_connect_failed++;
     LOG_NOTICE("%s: TLS handshake failed: %s", p->name, why);
+    set_why(c, "TLS handshake failed");
+    struct evi_param e[] = {
+        EVI_STR("src_ip", c->remote_ip),
+        EVI_INT("src_port", c->remote_port),
+        EVI_STR("proto", sip_transport_name(c->transport)),
+        EVI_STR("reason", why ? why : ""),
+    };
+    evi_raise_core("E_TLS_HANDSHAKE_FAILED", e, 4);
     close_now(c);
 }
 
@@ -1359,6 +1417,7 @@ static void tls_step(struct conn *c)
         if (r != 0) {
             stats.tls_rejected++;
             LOG_NOTICE("closing %s: rejected by the TLS handshake callback", p->name);
+            set_why(c, "rejected by the TLS handshake callback");
             close_now(c);
             return;
         }
@@ -1469,6 +1528,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
         if (t >= p->t_state + lim.header_to) {
             stats.conn_header_timeout++;
             LOG_NOTICE("closing %s: no complete WebSocket upgrade request in %g s", p->name, lim.header_to);
+            set_why(c, "header timeout");
             begin_close(c, 0, 0, NULL);
         }
         break;
@@ -1477,6 +1537,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
             stats.conn_header_timeout++;
             LOG_NOTICE("closing %s: no complete message %s in %g s", p->name, p->head_done ? "body" : "head",
                        lim.header_to);
+            set_why(c, "header timeout");
             begin_close(c, 0, 0, NULL);
         } else if (t >= p->last_used + lim.idle_to) {
             stats.conn_idle_timeout++;
@@ -1485,6 +1546,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
         } else if (is_ws(c) && p->pong_wait && t >= p->pong_deadline) {
             stats.ws_pong_timeouts++;
             LOG_NOTICE("closing %s: no WebSocket pong within %g s", p->name, lim.ws_pong);
+            set_why(c, "no pong");
             close_now(c);
         } else if (is_ws(c) && !p->pong_wait &&
                    t >= (p->last_rx > p->last_ping ? p->last_rx : p->last_ping) + lim.ws_ka) {
@@ -1949,6 +2011,7 @@ int conn_send(struct conn *c, const char *buf, size_t len)
         LOG_NOTICE("closing %s: more than %u bytes of output queued (the peer does not read)", p->name,
                    CONN_OUT_MAX);
         p->force_failed = 1;
+        set_why(c, "output not read by the peer");
         close_now(c);
     }
     return r;

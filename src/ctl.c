@@ -16,6 +16,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "conn.h"
 #include "evi.h"
 #include "json.h"
 #include "log.h"
@@ -558,11 +559,42 @@ static int cmd_stats(struct call *c)
     return json_rawz(c->res, "}");
 }
 
-/* The stream transports (TCP, TLS, WS, WSS) arrive later; until then lunasip holds no
- * connection, and the list is empty. */
+struct conn_list {
+    struct call *c;
+    int first;
+};
+
+static void list_conn(struct conn *cn, void *arg)
+{
+    struct conn_list *l = arg;
+    static const char *const states[] = { "connecting", "tls", "ws_upgrade", "open", "closing", "closed" };
+    json_rawz(l->c->res, l->first ? "{\"id\":" : ",{\"id\":");
+    l->first = 0;
+    json_uint(l->c->res, cn->id);
+    json_rawz(l->c->res, ",\"transport\":");
+    json_strz(l->c->res, sip_transport_name(cn->transport));
+    json_rawz(l->c->res, ",\"direction\":");
+    json_strz(l->c->res, cn->outgoing ? "out" : "in");
+    json_rawz(l->c->res, ",\"state\":");
+    json_strz(l->c->res, (unsigned)cn->state < 6 ? states[cn->state] : "?");
+    json_rawz(l->c->res, ",\"remote_ip\":");
+    json_strz(l->c->res, cn->remote_ip);
+    json_rawz(l->c->res, ",\"remote_port\":");
+    json_uint(l->c->res, (uint64_t)cn->remote_port);
+    json_rawz(l->c->res, ",\"local_ip\":");
+    json_strz(l->c->res, cn->local_ip);
+    json_rawz(l->c->res, ",\"local_port\":");
+    json_uint(l->c->res, (uint64_t)cn->local_port);
+    json_rawz(l->c->res, "}");
+}
+
+/* Every stream connection (tcp, tls, ws, wss) in the table, accepted and outgoing. */
 static int cmd_connections(struct call *c)
 {
-    return json_rawz(c->res, "[]");
+    struct conn_list l = { c, 1 };
+    json_rawz(c->res, "[");
+    conn_foreach(list_conn, &l);
+    return json_rawz(c->res, "]");
 }
 
 /* The registrar (SPEC §7) arrives later; until then there is no location service to list. */

@@ -17,9 +17,12 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "conn.h"
 #include "ctl.h"
 #include "evi.h"
+#include "flow.h"
 #include "lapi.h"
+#include "lapi_conn.h"
 #include "log.h"
 #include "lvm.h"
 #include "metrics.h"
@@ -28,6 +31,7 @@
 #include "sip_msg.h"
 #include "stats.h"
 #include "timer.h"
+#include "tls.h"
 #include "txn.h"
 #include "udp.h"
 #include "version.h"
@@ -45,6 +49,7 @@ static struct {
 static struct config cfg;
 static struct config_proxies proxies;
 static struct listener *listeners;
+static struct tls_ctx *tls;       /* NULL when no tls:/wss: listener and no usable certificate */
 static char lua_dir[PATH_MAX];
 static struct ev_loop *loop;
 static int terminating;
@@ -130,6 +135,62 @@ static void events_config(const struct config *c, struct evi_config *e)
     e->heartbeat = c->events_heartbeat;
 }
 
+static int wants_tls(const struct config *c)
+{
+    for (size_t i = 0; i < c->nlisten; i++)
+        if (c->listen[i].proto == CONFIG_LISTEN_TLS || c->listen[i].proto == CONFIG_LISTEN_WSS)
+            return 1;
+    return 0;
+}
+
+/* The TLS contexts of c. With a tls:/wss: listener they are required: when the
+ * certificate and key are both missing at their default place (<config dir>/tls/), a
+ * self-signed pair is written there first, so a fresh install serves TLS and WSS. Without
+ * one, a certificate that loads still serves outgoing TLS; one that does not is no error
+ * (outgoing TLS then fails, logged). */
+static int make_tls(const struct config *c, struct tls_ctx **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    int need = wants_tls(c);
+    if (need) {
+        char dcrt[PATH_MAX], dkey[PATH_MAX];
+        snprintf(dcrt, sizeof(dcrt), "%s/tls/server.crt", c->dir);
+        snprintf(dkey, sizeof(dkey), "%s/tls/server.key", c->dir);
+        if (strcmp(c->tls_certificate, dcrt) == 0 && strcmp(c->tls_private_key, dkey) == 0) {
+            char gerr[512];
+            int g = tls_generate_self_signed(dcrt, dkey, gerr, sizeof(gerr));
+            if (g < 0) {
+                snprintf(err, errlen, "%s: tls.certificate: %s", c->file, gerr);
+                return -1;
+            }
+            if (g > 0)
+                LOG_NOTICE("generated a self-signed certificate for TLS and WSS: %s (key %s); set "
+                           "tls.certificate and tls.private_key to serve your own",
+                           dcrt, dkey);
+        }
+    }
+    char terr[1024];
+    if (tls_ctx_new(c, out, terr, sizeof(terr)) != 0) {
+        *out = NULL;
+        if (need) {
+            snprintf(err, errlen, "%s: %s", c->file, terr);
+            return -1;
+        }
+        LOG_DEBUG("no TLS context (outgoing TLS unavailable): %s", terr);
+    }
+    return 0;
+}
+
+/* conn_hooks.on_close: transactions that sent over a failed connection fail now, then
+ * the Lua side (on_disconnection, cvars). */
+static void on_conn_close(struct conn *c, int was_open, int client_closed, int failed)
+{
+    if (failed)
+        txn_conn_failed(c->id);
+    lapi_conn_closed(c, was_open, client_closed);
+    proxy_run_pending();
+}
+
 static int do_reload(char *err, size_t errlen)
 {
     struct config ncfg;
@@ -152,10 +213,25 @@ static int do_reload(char *err, size_t errlen)
         LOG_NOTICE("sip.listen changed in %s: restart lunasip to apply it", ncfg.file);
     if (strcmp(ncfg.script, cfg.script) != 0)
         LOG_NOTICE("core.script changed in %s: restart lunasip to apply it", ncfg.file);
+    struct tls_ctx *ntls = NULL;
+    if (make_tls(&ncfg, &ntls, err, errlen) != 0) {
+        stats.reloads_failed++;
+        LOG_ERROR("reload failed, keeping the running configuration: %s", err);
+        config_proxies_free(&nprox);
+        config_free(&ncfg);
+        return -1;
+    }
     if (!opt.level && ncfg.log_level != cfg.log_level) {
         log_set_level(ncfg.log_level);
         cfg.log_level = ncfg.log_level;
     }
+    /* limits, timeouts and certificates apply to what comes next; live connections and
+     * their TLS sessions stay as they are */
+    conn_configure(&ncfg, ntls);
+    lapi_set_tls_ctx(ntls);
+    if (tls)
+        tls_ctx_unref(tls);
+    tls = ntls;
     struct evi_config ecfg;
     events_config(&ncfg, &ecfg);
     config_free(&ncfg);
@@ -237,6 +313,14 @@ static void on_drain(struct ev_loop *l, ev_timer *w, int revents)
             LOG_NOTICE("shutdown grace over: abandoning %zu routing(s) still waiting for an answer", left);
         ev_break(l, EVBREAK_ALL);
     }
+}
+
+static void on_conn_drain(struct ev_loop *l, ev_timer *w, int revents)
+{
+    (void)w;
+    (void)revents;
+    if (conn_count() == 0 || ev_now(l) >= drain_deadline)
+        ev_break(l, EVBREAK_ALL);
 }
 
 static void on_signal(struct ev_loop *l, ev_signal *w, int revents)
@@ -323,14 +407,13 @@ static int bind_listeners(void)
     struct listener **tail = &listeners;
     for (size_t i = 0; i < cfg.nlisten; i++) {
         const struct config_listen *cl = &cfg.listen[i];
-        if (cl->proto != CONFIG_LISTEN_UDP) {
-            LOG_NOTICE("%s: %s listeners arrive with the stream transports; not bound", cl->text,
-                       cl->proto == CONFIG_LISTEN_TCP ? "tcp" : cl->proto == CONFIG_LISTEN_TLS ? "tls"
-                       : cl->proto == CONFIG_LISTEN_WS ? "ws" : "wss");
-            continue;
-        }
         struct listener *l;
-        if (udp_listen(loop, cl, cfg.max_message_size, sip_core_on_datagram, &l, err, sizeof(err)) != 0) {
+        if (cl->proto != CONFIG_LISTEN_UDP) {
+            if (conn_listen(loop, cl, &l, err, sizeof(err)) != 0) {
+                LOG_ERROR("cannot listen on %s", err);
+                return -1;
+            }
+        } else if (udp_listen(loop, cl, cfg.max_message_size, sip_core_on_datagram, &l, err, sizeof(err)) != 0) {
             LOG_ERROR("cannot listen on %s", err);
             return -1;
         }
@@ -340,7 +423,7 @@ static int bind_listeners(void)
         LOG_NOTICE("listening on %s", l->name);
     }
     if (!listeners) {
-        LOG_ERROR("%s: sip.listen has no udp: address; lunasip has nothing to serve", cfg.file);
+        LOG_ERROR("%s: sip.listen is empty; lunasip has nothing to serve", cfg.file);
         return -1;
     }
     if (cfg.advertised_address) {
@@ -478,6 +561,22 @@ int main(int argc, char **argv)
         fprintf(stderr, "lunasip: cannot create the event loop\n");
         return 1;
     }
+    if (make_tls(&cfg, &tls, err, sizeof(err)) != 0) {
+        fprintf(stderr, "lunasip: %s\n", err);
+        return 1;
+    }
+    if (flow_init(cfg.outbound_flow_secret, cfg.outbound_flow_secret ? strlen(cfg.outbound_flow_secret) : 0) != 0) {
+        fprintf(stderr, "lunasip: no randomness for the flow token key (getrandom failed)\n");
+        return 1;
+    }
+    conn_init(loop);
+    conn_configure(&cfg, tls);
+    lapi_set_tls_ctx(tls);
+    {
+        static const struct conn_hooks hooks = { sip_core_on_stream, lapi_conn_ws_upgrade, lapi_conn_tls_handshake,
+                                                 NULL, on_conn_close };
+        conn_set_hooks(&hooks);
+    }
     if (bind_listeners() != 0)
         return 1;
     if (cfg.metrics_listen) {
@@ -538,13 +637,36 @@ int main(int argc, char **argv)
     evi_shutdown(1.0);
     txn_shutdown();
     proxy_shutdown();
+    /* stream connections get their close (WebSocket 1001) and a moment to flush it */
+    for (struct listener *l = listeners; l; l = l->next) {
+        if (l->transport == SIP_TP_UDP)
+            udp_stop(loop, l);
+        else
+            conn_listener_stop(loop, l);
+    }
+    if (conn_shutdown() > 0) {
+        ev_timer_stop(loop, &drain_timer);
+        ev_timer_init(&drain_timer, on_conn_drain, 0.02, 0.02);
+        ev_timer_start(loop, &drain_timer);
+        drain_deadline = ev_now(loop) + 1.0;
+        ev_run(loop, 0);
+        ev_timer_stop(loop, &drain_timer);
+    }
+    conn_shutdown_now();
     timer_detach();
     timer_shutdown();
     while (listeners) {
         struct listener *n = listeners->next;
-        udp_close(loop, listeners);
+        if (listeners->transport == SIP_TP_UDP)
+            udp_close(loop, listeners);
+        else
+            conn_listener_close(loop, listeners);
         listeners = n;
     }
+    conn_configure(NULL, NULL);
+    lapi_set_tls_ctx(NULL);
+    if (tls)
+        tls_ctx_unref(tls);
     lvm_install(NULL);
     lapi_clear_local();
     config_proxies_free(&proxies);

@@ -14,7 +14,9 @@
 #include <strings.h>
 
 #include "config.h"
+#include "conn.h"
 #include "evi.h"
+#include "flow.h"
 #include "lapi.h"
 #include "log.h"
 #include "lvm.h"
@@ -38,6 +40,9 @@ struct target {
     socklen_t addrlen;
     char ip[48];                 /* INET6_ADDRSTRLEN */
     int port;
+    uint64_t conn_id;            /* a stream flow named by a Route flow token (src/flow.h) */
+    uint8_t udp_flow;            /* a UDP flow named by a token: send from local */
+    struct sockaddr_storage local;
 };
 
 enum ctx_kind {
@@ -170,15 +175,38 @@ void proxy_set_listeners(struct listener *list, const char *adv)
     advertised = adv;
 }
 
-/* The listener to send from towards a family: the one the request came on when it fits. */
-static struct listener *listener_for(int family, struct listener *prefer)
+/* The listener to send from towards a family over a transport: the one the request came
+ * on when it fits. For a stream transport with no listener of its own (an outgoing TCP
+ * connection from a lunasip that only listens on UDP), any listener of the family names
+ * us in Via and Record-Route. */
+static struct listener *listener_for_tp(int family, enum sip_transport tp, struct listener *prefer)
 {
-    if (prefer && prefer->family == family && prefer->transport == SIP_TP_UDP)
+    if (prefer && prefer->family == family && prefer->transport == tp)
         return prefer;
     for (struct listener *l = listeners; l; l = l->next)
-        if (l->family == family && l->transport == SIP_TP_UDP)
+        if (l->family == family && l->transport == tp)
             return l;
+    if (tp != SIP_TP_UDP)
+        for (struct listener *l = listeners; l; l = l->next)
+            if (l->family == family)
+                return l;
     return NULL;
+}
+
+static struct listener *listener_for(int family, struct listener *prefer)
+{
+    return listener_for_tp(family, SIP_TP_UDP, prefer);
+}
+
+static const char *via_transport(enum sip_transport tp)
+{
+    switch (tp) {
+    case SIP_TP_TCP: return "TCP";
+    case SIP_TP_TLS: return "TLS";
+    case SIP_TP_WS: return "WS";
+    case SIP_TP_WSS: return "WSS";
+    default: return "UDP";
+    }
 }
 
 /* "host:port" of a listener as it goes into Via, Record-Route and Path. */
@@ -539,7 +567,10 @@ static int fix_upstream_via(struct sip_msg *m)
         host.len -= 2;
     }
     int need_received = !(host.len == strlen(ip) && strncasecmp(host.s, ip, host.len) == 0);
-    if (!need_received && !v->has_rport)
+    /* a WebSocket client's Via names no reachable address (RFC 7118 §5: often a .invalid
+     * host): received and rport always, so responses and requests find its connection */
+    int ws = m->transport == SIP_TP_WS || m->transport == SIP_TP_WSS;
+    if (!need_received && !v->has_rport && !ws)
         return 0;
     int i = sip_msg_hdr_find_id(m, SIP_HDR_VIA, 0);
     if (i < 0)
@@ -578,6 +609,8 @@ static int fix_upstream_via(struct sip_msg *m)
         }
     }
     n += (size_t)snprintf(buf + n, sizeof(buf) - n, ";received=%s", ip);
+    if (ws && !v->has_rport)
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, ";rport=%d", port);
     /* the rest of this Via line, when it lists more via-parms */
     struct sip_str rest = sip_str_trim((struct sip_str){ p, (uint32_t)(end - p) });
     if (rest.len && rest.s[0] == ',') {
@@ -647,10 +680,26 @@ static int wants_rr(struct pctx *c)
     }
 }
 
+/* One Record-Route or Path line naming us, with a flow token as user part when given
+ * (RFC 5626 §5.3, with ";ob"). */
+static size_t rr_line(char *buf, size_t cap, const char *name, const char *tok, const char *hp,
+                      enum sip_transport tp)
+{
+    int t = tok && tok[0];
+    if (t)
+        stats.flow_tokens_sent++;
+    return (size_t)snprintf(buf, cap, "%s: <sip:%s%s%s;transport=%s;lr%s>\r\n", name, t ? tok : "", t ? "@" : "", hp,
+                            sip_transport_name(tp), t ? ";ob" : "");
+}
+
 /* Builds the bytes for one target: the request with its edits, and right after the start
- * line our Via and our Record-Route/Path line(s) (two when the transport or IP family
- * changes, RFC 5658). Returns the length, or -1. */
-static long build_request(struct pctx *c, struct listener *out_l, const char *branch, char **bufp)
+ * line our Via and our Record-Route/Path line(s). Two lines when the transport or IP family
+ * changes (RFC 5658), or when both sides are flows: the line facing the client carries the
+ * flow token of its connection when it came over a WebSocket or asked for Outbound
+ * (RFC 5626), the line facing the target the token of the flow it goes over (out_token).
+ * Returns the length, or -1. */
+static long build_request(struct pctx *c, struct listener *out_l, enum sip_transport out_tp, const char *out_token,
+                          const char *branch, char **bufp)
 {
     struct sip_msg *m = c->req;
     size_t cap = (size_t)m->len + 2048;
@@ -681,21 +730,27 @@ static long build_request(struct pctx *c, struct listener *out_l, const char *br
     size_t n = 0;
     memcpy(buf, ser, start);
     n = start;
-    n += (size_t)snprintf(buf + n, total - n, "Via: SIP/2.0/%s %s;branch=%s\r\n",
-                          out_l->transport == SIP_TP_UDP ? "UDP" : "TCP", hp, branch);
+    n += (size_t)snprintf(buf + n, total - n, "Via: SIP/2.0/%s %s;branch=%s\r\n", via_transport(out_tp), hp,
+                          branch);
     if (wants_rr(c)) {
         /* RFC 3327 §5.2: Path only for a UA that announced support for it */
         int reg = m->method == SIP_METHOD_REGISTER;
         const char *name = reg ? "Path" : "Record-Route";
         struct listener *in_l = m->listener;
         if (!reg || has_option_tag(m, SIP_HDR_SUPPORTED, "path")) {
-            n += (size_t)snprintf(buf + n, total - n, "%s: <sip:%s;transport=%s;lr>\r\n", name, hp,
-                                  sip_transport_name(out_l->transport));
-            if (in_l && in_l != out_l && (in_l->family != out_l->family || in_l->transport != out_l->transport)) {
+            char in_tok[FLOW_TOKEN_MAX + 1] = "";
+            if (m->transport == SIP_TP_WS || m->transport == SIP_TP_WSS || flow_outbound_requested(m)) {
+                struct flow f;
+                flow_of_msg(m, &f);
+                flow_token(&f, in_tok);
+            }
+            int out_t = out_token && out_token[0];
+            int dbl = (in_l && (in_l->family != out_l->family || m->transport != out_tp)) || (in_tok[0] && out_t);
+            n += rr_line(buf + n, total - n, name, dbl ? out_token : in_tok[0] ? in_tok : out_token, hp, out_tp);
+            if (dbl) {
                 char ihp[128];
-                local_hostport(in_l, ihp, sizeof(ihp));
-                n += (size_t)snprintf(buf + n, total - n, "%s: <sip:%s;transport=%s;lr>\r\n", name, ihp,
-                                      sip_transport_name(in_l->transport));
+                local_hostport(in_l ? in_l : out_l, ihp, sizeof(ihp));
+                n += rr_line(buf + n, total - n, name, in_tok, ihp, m->transport);
             }
         }
     }
@@ -729,12 +784,91 @@ static void raise_local_request(struct sip_msg *m, const char *method)
     evi_raise_core("tm:local-request", p, 5);
 }
 
+static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+}
+
+/* Where a target goes out: the listener that names us in Via and Record-Route, the
+ * connection for a stream transport (the flow a token named; else one to the address,
+ * reused, else a new tcp/tls one: lunasip never opens WebSocket connections), and the flow
+ * token of the outgoing flow when it is one (a WebSocket client, a flow named by a token).
+ * Returns 0, or -ENOTCONN (flow gone, no WebSocket connection to that address),
+ * -EAFNOSUPPORT, or the error of conn_connect. */
+static int out_path(struct pctx *c, const struct target *t, struct listener **out_l, uint64_t *conn_id,
+                    char tok[FLOW_TOKEN_MAX + 1])
+{
+    tok[0] = 0;
+    *conn_id = 0;
+    if (t->transport == SIP_TP_UDP) {
+        struct listener *l = NULL;
+        if (t->udp_flow)
+            for (struct listener *x = listeners; x && !l; x = x->next)
+                if (x->transport == SIP_TP_UDP && same_addr(&x->addr, &t->local))
+                    l = x;
+        if (!l)
+            l = listener_for(t->addr.ss_family, c->req->listener);
+        if (!l)
+            return -EAFNOSUPPORT;
+        if (t->udp_flow) {
+            struct flow f;
+            memset(&f, 0, sizeof(f));
+            f.transport = SIP_TP_UDP;
+            memcpy(&f.addr, &t->addr, t->addrlen);
+            f.addrlen = t->addrlen;
+            memcpy(&f.local, &l->addr, l->addrlen);
+            f.locallen = l->addrlen;
+            flow_token(&f, tok);
+        }
+        *out_l = l;
+        return 0;
+    }
+    struct conn *cn = NULL;
+    if (t->conn_id) {
+        cn = conn_get(t->conn_id);
+        if (!cn)
+            return -ENOTCONN;
+    } else {
+        cn = conn_find(t->transport, (const struct sockaddr *)&t->addr, t->addrlen);
+        if (!cn) {
+            if (t->transport == SIP_TP_WS || t->transport == SIP_TP_WSS)
+                return -ENOTCONN;
+            int rc = conn_connect(t->transport, (const struct sockaddr *)&t->addr, t->addrlen, NULL, &cn);
+            if (rc != 0)
+                return rc;
+        }
+    }
+    struct listener *l = cn->listener ? cn->listener : listener_for_tp(t->addr.ss_family, t->transport, NULL);
+    if (!l)
+        return -EAFNOSUPPORT;
+    if (t->conn_id || cn->transport == SIP_TP_WS || cn->transport == SIP_TP_WSS) {
+        struct flow f;
+        memset(&f, 0, sizeof(f));
+        f.transport = cn->transport;
+        f.conn_id = cn->id;
+        flow_token(&f, tok);
+    }
+    *out_l = l;
+    *conn_id = cn->id;
+    return 0;
+}
+
 static int send_to(struct pctx *c, const struct target *t)
 {
-    struct listener *out_l = listener_for(t->addr.ss_family, c->req->listener);
-    if (!out_l)
-        return -EAFNOSUPPORT;
-    int rc = prepare(c);
+    struct listener *out_l = NULL;
+    uint64_t conn_id = 0;
+    char out_tok[FLOW_TOKEN_MAX + 1];
+    int rc = out_path(c, t, &out_l, &conn_id, out_tok);
+    if (rc != 0)
+        return rc;
+    rc = prepare(c);
     if (rc != 0)
         return rc;
     char branch[TXN_BRANCH_MAX + 1];
@@ -744,7 +878,7 @@ static int send_to(struct pctx *c, const struct target *t)
         txn_branch_new(branch, NULL, 0);
     }
     char *buf = NULL;
-    long n = build_request(c, out_l, branch, &buf);
+    long n = build_request(c, out_l, t->transport, out_tok, branch, &buf);
     if (n < 0)
         return -ENOMEM;
     struct txn_client_params p;
@@ -753,6 +887,7 @@ static int send_to(struct pctx *c, const struct target *t)
     p.len = (size_t)n;
     p.dest.l = out_l;
     p.dest.transport = t->transport;
+    p.dest.conn_id = conn_id;
     memcpy(&p.dest.addr, &t->addr, t->addrlen);
     p.dest.addrlen = t->addrlen;
     p.timer_B_ms = c->timer_B;
@@ -966,11 +1101,57 @@ static void set_error(struct pctx *c, int status, const char *reason, const char
 /* Fills c's targets from an explicit destination or from a URI (top Route, else the
  * R-URI). An IP literal gives one target; a name needs DNS, which lunasip does not do
  * yet: that is a routing error reported through on_error. */
+/* RFC 5626 §5.3: the last Route of ours that req:loose_route() consumed named a flow.
+ * Returns 1 with the target set (or the 430/403 error), 0 when the request is not for a
+ * flow (no token, or the flow is the one it came on: a request from the flow's client). */
+static int flow_target(struct pctx *c)
+{
+    struct sip_msg *m = c->req;
+    struct flow f;
+    int r = flow_token_parse(m->route_user.s, m->route_user.len, &f);
+    if (r == 0 || (r == 1 && flow_is_msg_flow(&f, m)))
+        return 0;
+    if (r < 0) {
+        set_error(c, 403, "Invalid Flow Token", "flow_forged");
+        return 1;
+    }
+    struct target *t = &c->targets[0];
+    memset(t, 0, sizeof(*t));
+    if (f.transport == SIP_TP_UDP) {
+        t->transport = SIP_TP_UDP;
+        memcpy(&t->addr, &f.addr, f.addrlen);
+        t->addrlen = f.addrlen;
+        t->udp_flow = 1;
+        memcpy(&t->local, &f.local, f.locallen);
+        sockaddr_ip_port((const struct sockaddr *)&t->addr, t->ip, sizeof(t->ip), &t->port);
+    } else {
+        struct conn *cn = f.conn_id ? conn_get(f.conn_id) : NULL;
+        if (!cn || cn->state == CONN_CLOSING) {
+            stats.flow_failed++;
+            LOG_INFO("430 Flow Failed: the %s flow of the Route token is gone, Call-ID %.*s",
+                     sip_transport_name(f.transport), (int)(m->call_id.len > 80 ? 80 : m->call_id.len), m->call_id.s);
+            set_error(c, 430, "Flow Failed", "flow_failed");
+            return 1;
+        }
+        t->transport = cn->transport;
+        memcpy(&t->addr, &cn->remote, cn->remote_len);
+        t->addrlen = cn->remote_len;
+        t->conn_id = cn->id;
+        snprintf(t->ip, sizeof(t->ip), "%.47s", cn->remote_ip);
+        t->port = cn->remote_port;
+    }
+    stats.flow_routed++;
+    c->ntargets = 1;
+    return 1;
+}
+
 static void resolve(struct pctx *c, const char *host, size_t hlen, int port, int transport)
 {
     struct sip_uri u;
     int tp = transport;
     int secure = 0;
+    if ((!host || hlen == 0) && c->kind != CTX_UAC && c->req->route_user.len && flow_target(c))
+        return;
     if (!host || hlen == 0) {
         struct sip_msg *m = c->req;
         int i = c->kind == CTX_PROXY ? sip_msg_hdr_find_id(m, SIP_HDR_ROUTE, 0) : -1;
@@ -1017,11 +1198,6 @@ static void resolve(struct pctx *c, const char *host, size_t hlen, int port, int
     }
     if (tp == LAPI_TP_ANY)
         tp = secure ? SIP_TP_TLS : SIP_TP_UDP;
-    if (tp != SIP_TP_UDP) {
-        /* the stream transports arrive with the TCP/TLS/WebSocket listeners */
-        set_error(c, 478, "Unsupported Transport", "unsupported_transport");
-        return;
-    }
     if (hlen >= 2 && host[0] == '[' && host[hlen - 1] == ']') {
         host++;
         hlen -= 2;
@@ -1045,7 +1221,7 @@ static void resolve(struct pctx *c, const char *host, size_t hlen, int port, int
         set_error(c, 478, "Destination Requires DNS", "no_dns");
         return;
     }
-    if (!listener_for(t->addr.ss_family, NULL)) {
+    if (!listener_for_tp(t->addr.ss_family, t->transport, NULL)) {
         int v6 = t->addr.ss_family == AF_INET6;
         set_error(c, 478, v6 ? "Destination Requires Unsupported IPv6" : "Destination Requires Unsupported IPv4",
                   v6 ? "no_ipv6" : "no_ipv4");
@@ -1229,18 +1405,25 @@ static void forward_ack(struct pctx *c)
     struct lvm_proxy_ev ev = { "target", 0, 0, sip_transport_name(t->transport), t->ip, NULL, t->port };
     if (dispatch(c, &ev) & LAPI_R_ABORT)
         return;
-    struct listener *out_l = listener_for(t->addr.ss_family, c->req->listener);
-    if (!out_l || prepare(c) != 0)
+    struct listener *out_l = NULL;
+    char out_tok[FLOW_TOKEN_MAX + 1];
+    struct txn_dest d;
+    memset(&d, 0, sizeof(d));
+    if (out_path(c, t, &out_l, &d.conn_id, out_tok) != 0 || prepare(c) != 0)
         return;
     uint64_t h = fnv(fnv(FNV_INIT, c->req->via1.branch.s, c->req->via1.branch.len), c->req->call_id.s,
                      c->req->call_id.len);
     char branch[40];
     snprintf(branch, sizeof(branch), "z9hG4bKsl%016llx", (unsigned long long)h);
     char *buf = NULL;
-    long n = build_request(c, out_l, branch, &buf);
+    long n = build_request(c, out_l, t->transport, out_tok, branch, &buf);
     if (n < 0)
         return;
-    if (udp_send(out_l, (const struct sockaddr *)&t->addr, t->addrlen, buf, (size_t)n) == 0)
+    d.l = out_l;
+    d.transport = t->transport;
+    memcpy(&d.addr, &t->addr, t->addrlen);
+    d.addrlen = t->addrlen;
+    if (sip_core_send(&d, buf, (size_t)n) == 0)
         stats.proxy_stateless++;
     free(buf);
 }
@@ -1390,12 +1573,22 @@ void proxy_on_stray_response(struct sip_msg *resp)
     socklen_t dlen;
     if (sockaddr_from_ip(host, port, &dst, &dlen) != 0)
         return; /* a name: no DNS yet */
-    struct listener *l = listener_for(dst.ss_family, resp->listener);
-    if (!l)
+    enum sip_transport tp = SIP_TP_UDP;
+    if (sip_str_casecmp(via.transport, "TCP") == 0) tp = SIP_TP_TCP;
+    else if (sip_str_casecmp(via.transport, "TLS") == 0) tp = SIP_TP_TLS;
+    else if (sip_str_casecmp(via.transport, "WS") == 0) tp = SIP_TP_WS;
+    else if (sip_str_casecmp(via.transport, "WSS") == 0) tp = SIP_TP_WSS;
+    struct txn_dest d;
+    memset(&d, 0, sizeof(d));
+    d.l = listener_for_tp(dst.ss_family, tp, resp->listener);
+    if (!d.l)
         return;
+    d.transport = tp;
+    memcpy(&d.addr, &dst, dlen);
+    d.addrlen = dlen;
     char buf[16384];
     long n = sip_msg_serialize(resp, buf, sizeof(buf));
-    if (n > 0 && udp_send(l, (const struct sockaddr *)&dst, dlen, buf, (size_t)n) == 0)
+    if (n > 0 && sip_core_send(&d, buf, (size_t)n) == 0)
         stats.proxy_stateless++;
 }
 

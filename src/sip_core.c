@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "conn.h"
 #include "lapi.h"
 #include "log.h"
 #include "lvm.h"
@@ -36,7 +37,7 @@ static void src_text(const struct sockaddr *src, char *buf, size_t len)
 
 /* A message the parser refused: requests get the status it chose, built from whatever
  * Via/From/To/Call-ID/CSeq can be salvaged; responses and hopeless requests are dropped. */
-static void refuse(struct listener *l, const char *buf, size_t len, const struct sockaddr *src,
+static void refuse(struct listener *l, struct conn *cn, const char *buf, size_t len, const struct sockaddr *src,
                    socklen_t srclen, const struct sip_parse_error *err)
 {
     char from[80];
@@ -51,6 +52,8 @@ static void refuse(struct listener *l, const char *buf, size_t len, const struct
     rs.listener = l;
     rs.src = src;
     rs.srclen = srclen;
+    rs.transport = cn ? cn->transport : SIP_TP_UDP;
+    rs.conn_id = cn ? cn->id : 0;
     int rc = sip_reply_simple(&rs, err->status, err->reason, NULL, 0);
     LOG_INFO("%s %d (%s) to a malformed request from %s, Call-ID %.*s", rc == 0 ? "answered" : "could not send",
              err->status, err->reason ? err->reason : "", from,
@@ -83,12 +86,15 @@ int sip_core_reply(struct sip_msg *req, struct txn *st, int code, const char *re
     return rc;
 }
 
-/* Where responses to m go (RFC 3261 §18.2.2, RFC 3581), for its server transaction. */
+/* Where responses to m go (RFC 3261 §18.2.2, RFC 3581), for its server transaction: over
+ * a stream transport, the connection the request came on (and when it is gone, tcp/tls
+ * open one to the source address and the Via port). */
 static int reply_dest(struct sip_msg *m, struct txn_dest *d)
 {
     memset(d, 0, sizeof(*d));
     d->l = m->listener;
     d->transport = m->transport;
+    d->conn_id = m->conn_id;
     if (sip_reply_src_from_msg(m, &reply_src) != 0)
         return -EINVAL;
     return sip_reply_dest(&reply_src, &d->addr, &d->addrlen);
@@ -123,9 +129,29 @@ static void core_release(struct sip_msg *m)
         lapi_msg_unbind(m);
 }
 
-static int core_send(const struct txn_dest *d, const char *buf, size_t len)
+int sip_core_send(const struct txn_dest *d, const char *buf, size_t len)
 {
-    int rc = udp_send(d->l, (const struct sockaddr *)&d->addr, d->addrlen, buf, len);
+    int rc;
+    if (d->transport == SIP_TP_UDP) {
+        rc = udp_send(d->l, (const struct sockaddr *)&d->addr, d->addrlen, buf, len);
+    } else {
+        struct conn *cn = d->conn_id ? conn_get(d->conn_id) : NULL;
+        if (!cn || cn->state == CONN_CLOSING)
+            cn = conn_find(d->transport, (const struct sockaddr *)&d->addr, d->addrlen);
+        if (cn && cn->state == CONN_CLOSING)
+            cn = NULL;
+        rc = 0;
+        if (!cn) {
+            /* RFC 3261 §18.2.2: the connection is gone; a WebSocket client cannot be reached
+             * any other way, a tcp/tls peer gets a new connection */
+            if (d->transport == SIP_TP_WS || d->transport == SIP_TP_WSS)
+                rc = -ENOTCONN;
+            else
+                rc = conn_connect(d->transport, (const struct sockaddr *)&d->addr, d->addrlen, NULL, &cn);
+        }
+        if (rc == 0)
+            rc = conn_send(cn, buf, len);
+    }
     if (rc == 0)
         stats.tx_messages++;
     return rc;
@@ -133,7 +159,7 @@ static int core_send(const struct txn_dest *d, const char *buf, size_t len)
 
 void sip_core_init(void)
 {
-    txn_set_send(core_send);
+    txn_set_send(sip_core_send);
 }
 
 /* RFC 3261 §16.3 step 5: lunasip supports no extension that a proxy must understand, so
@@ -230,6 +256,8 @@ static void on_ack(struct sip_msg *m)
         lapi_msg_unbind(m);
 }
 
+static void dispatch(struct sip_msg *m);
+
 static void on_request(struct sip_msg *m)
 {
     stats.rx_requests++;
@@ -318,7 +346,7 @@ void sip_core_on_datagram(struct listener *l, const char *buf, size_t len,
     struct sip_parse_error err = { 0, NULL };
     struct sip_msg *m = sip_msg_parse(buf, len, SIP_PARSE_DATAGRAM, &err);
     if (!m) {
-        refuse(l, buf, len, src, srclen, &err);
+        refuse(l, NULL, buf, len, src, srclen, &err);
         return;
     }
     m->transport = SIP_TP_UDP;
@@ -327,6 +355,32 @@ void sip_core_on_datagram(struct listener *l, const char *buf, size_t len,
     memcpy(&m->dst, &l->addr, l->addrlen);
     m->dstlen = l->addrlen;
     m->listener = l;
+    dispatch(m);
+}
+
+void sip_core_on_stream(struct conn *c, const char *buf, size_t len)
+{
+    /* tcp/tls: conn.c framed it by Content-Length; ws/wss: one WebSocket message, where
+     * RFC 7118 leaves Content-Length optional, as in a datagram */
+    int ws = c->transport == SIP_TP_WS || c->transport == SIP_TP_WSS;
+    struct sip_parse_error err = { 0, NULL };
+    struct sip_msg *m = sip_msg_parse(buf, len, ws ? SIP_PARSE_DATAGRAM : SIP_PARSE_STREAM, &err);
+    if (!m) {
+        refuse(c->listener, c, buf, len, (const struct sockaddr *)&c->remote, c->remote_len, &err);
+        return;
+    }
+    m->transport = c->transport;
+    memcpy(&m->src, &c->remote, c->remote_len);
+    m->srclen = c->remote_len;
+    memcpy(&m->dst, &c->local, c->local_len);
+    m->dstlen = c->local_len;
+    m->listener = c->listener;
+    m->conn_id = c->id;
+    dispatch(m);
+}
+
+static void dispatch(struct sip_msg *m)
+{
     if (m->is_request) {
         on_request(m);
     } else {

@@ -24,6 +24,17 @@ extern int sip_core_draining;
 /* Sets the transaction layer's transmit hook. */
 void sip_core_init(void);
 
+struct conn;
+struct txn_dest;
+
+/* Sends a message where d says: UDP from d->l; a stream transport over d->conn_id, else
+ * an open connection to d->addr, else (tcp, tls) a new one. The transaction layer's
+ * transmit hook. Returns 0 or -errno (-ENOTCONN: no WebSocket connection). */
+int sip_core_send(const struct txn_dest *d, const char *buf, size_t len);
+
+/* conn_hooks.on_message: one complete SIP message from a stream connection, borrowed. */
+void sip_core_on_stream(struct conn *c, const char *buf, size_t len);
+
 /* The udp_on_datagram callback: one datagram, borrowed. */
 void sip_core_on_datagram(struct listener *l, const char *buf, size_t len,
                           const struct sockaddr *src, socklen_t srclen);

@@ -12,7 +12,9 @@
 #include <sys/random.h>
 
 #include "log.h"
+#include "sip_core.h"
 #include "stats.h"
+#include "txn.h"
 #include "udp.h"
 
 static uint64_t tag_key[2];
@@ -141,6 +143,8 @@ int sip_reply_src_from_msg(struct sip_msg *m, struct sip_reply_src *s)
 {
     /* one pass over the header array: this runs for every answer lunasip gives */
     s->nvias = 0;
+    s->transport = m->transport;
+    s->conn_id = m->conn_id;
     s->from = s->to = s->call_id = s->cseq = s->timestamp = (struct sip_str){ NULL, 0 };
     for (uint32_t i = 0; i < m->nhdrs; i++) {
         const struct sip_hdr *h = &m->hdrs[i];
@@ -505,7 +509,19 @@ int sip_reply_send(const struct sip_reply_src *s, const char *buf, size_t len)
     int rc = sip_reply_dest(s, &dst, &dstlen);
     if (rc != 0)
         return rc;
-    rc = udp_send(s->listener, (struct sockaddr *)&dst, dstlen, buf, len);
+    if (s->transport != SIP_TP_UDP) {
+        /* over the connection the request came on (conn_id), see sip_core_send */
+        struct txn_dest d;
+        memset(&d, 0, sizeof(d));
+        d.l = s->listener;
+        d.transport = s->transport;
+        d.conn_id = s->conn_id;
+        memcpy(&d.addr, &dst, dstlen);
+        d.addrlen = dstlen;
+        rc = sip_core_send(&d, buf, len);
+    } else {
+        rc = udp_send(s->listener, (struct sockaddr *)&dst, dstlen, buf, len);
+    }
     if (rc == 0)
         stats.tx_replies++;
     else

@@ -31,6 +31,8 @@ struct sip_reply_src {
     const struct sockaddr *src;
     socklen_t srclen;
     int force_rport;                         /* req:fix_nat(): answer to the source port */
+    enum sip_transport transport;            /* what it came on */
+    uint64_t conn_id;                        /* stream transports: answer on this connection */
 };
 
 /* Fills s from a parsed request (borrowing it). Returns 0 or -1 (too many Vias). */

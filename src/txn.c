@@ -1273,6 +1273,40 @@ size_t txn_count(enum txn_kind k)
     return (unsigned)k < 4 ? live[k] : 0;
 }
 
+void txn_conn_failed(uint64_t conn_id)
+{
+    if (!conn_id || !cli_tab.b)
+        return;
+    size_t n = 0, cap = 0;
+    struct txn **v = NULL;
+    for (size_t i = 0; i <= cli_tab.mask; i++)
+        for (struct txn *t = cli_tab.b[i]; t; t = t->hnext) {
+            if (t->dest.conn_id != conn_id || t->state == TXN_TERMINATED || t->state == TXN_COMPLETED ||
+                t->state == TXN_ACCEPTED)
+                continue;
+            if (n == cap) {
+                size_t nc = cap ? cap * 2 : 16;
+                struct txn **nv = realloc(v, nc * sizeof(*v));
+                if (!nv)
+                    goto run; /* the rest will end by Timer B/F */
+                v = nv;
+                cap = nc;
+            }
+            hold(t);
+            v[n++] = t;
+        }
+run:
+    for (size_t i = 0; i < n; i++) {
+        struct txn *t = v[i];
+        if (t->state == TXN_CALLING || t->state == TXN_TRYING || t->state == TXN_PROCEEDING) {
+            LOG_DEBUG("txn: the connection of a client transaction failed");
+            client_fail(t, TXN_FAIL_TRANSPORT);
+        }
+        release(t);
+    }
+    free(v);
+}
+
 void txn_shutdown(void)
 {
     int was = shutting_down;

@@ -38,6 +38,8 @@ struct txn_dest {
     enum sip_transport transport;
     struct sockaddr_storage addr;
     socklen_t addrlen;
+    uint64_t conn_id;   /* stream transports: the connection to use (src/conn.h); when it is
+                         * gone, tcp/tls open a new one to addr, ws/wss cannot */
 };
 
 /* The transmit hook (UDP now; stream transports later). Returns 0 or -errno. Unit tests
@@ -181,6 +183,12 @@ void txn_set_user(struct txn *t, const struct txn_user_ops *ops, void *tu);
 void *txn_user(const struct txn *t);
 /* The ops given with the user: which kind of user tu is. */
 const struct txn_user_ops *txn_user_ops(const struct txn *t);
+
+/* A stream connection failed (an outgoing connect that never opened, or one closed with
+ * output queued): every client transaction that sends over it and has no final response
+ * yet fails at once with TXN_FAIL_TRANSPORT (RFC 3261 §17.1.4) instead of waiting for
+ * Timer B/F. */
+void txn_conn_failed(uint64_t conn_id);
 
 /* Counters of live transactions per kind (stats, tests). */
 size_t txn_count(enum txn_kind k);

@@ -87,6 +87,7 @@ enum ws_opcode {
 #define WS_CLOSE_TOO_BIG 1009
 #define WS_CLOSE_ERROR 1011
 #define WS_CLOSE_NO_STATUS 1005     /* reported for a close frame without a code; never sent */
+#define WS_CLOSE_ABNORMAL 1006      /* reported when the connection ended without a close frame; never sent */
 
 enum ws_event {
     WS_EV_NONE = 0,   /* consumed bytes (a whole non-final fragment, or nothing) */

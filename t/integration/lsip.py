@@ -7,12 +7,15 @@ A test is a function ``test_x(t)`` in a ``test_*.py`` module; ``t`` is a Ctx. So
 (``t.check``/``t.eq``) collect failures and let the test go on; ``t.fail`` stops it.
 """
 import csv
+import json
 import os
 import random
 import re
+import select
 import signal
 from signal import SIGKILL, SIGTERM
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -26,6 +29,8 @@ SIPP_DIR = os.path.join(HERE, "sipp")
 
 # STYLE "Tests": what must never appear in a log (Test::Nginx's no_error_log).
 SANITIZER_PATTERNS = ("AddressSanitizer", "runtime error", "LeakSanitizer")
+
+STREAM_KINDS = ("tcp", "tls", "ws", "wss")  # Instance(streams=...) and inst.ports keys
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
@@ -88,6 +93,28 @@ def free_port(family=socket.AF_INET, host="127.0.0.1", kind=socket.SOCK_DGRAM):
         return s.getsockname()[1]
     finally:
         s.close()
+
+
+def media_port(host="127.0.0.1"):
+    """A -mp for SIPp: it binds RTP sockets on that port and on port + 2 (and owns their RTCP
+    neighbours), so all four must be free, not only the one free_port() saw."""
+    for _ in range(100):
+        p = free_port(socket.AF_INET, host)
+        if p > 65532:
+            continue
+        socks = []
+        try:
+            for q in range(p, p + 4):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((host, q))
+            return p
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    return free_port(socket.AF_INET, host)
 
 
 def random_loopback():
@@ -318,18 +345,262 @@ class UdpPeer:
 
 
 # ---------------------------------------------------------------------------------------------
+# stream peers (TCP, TLS)
+
+def client_ssl_context(certfile=None, keyfile=None, cafile=None, minimum=None, maximum=None):
+    """An ssl client context: no verification unless cafile is given (CERT_NONE: lunasip's
+    default certificate is self-signed), an optional client certificate (certfile may hold
+    the chain), optional version bounds (ssl.TLSVersion)."""
+    c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    c.check_hostname = False
+    if cafile:
+        c.load_verify_locations(cafile)
+        c.verify_mode = ssl.CERT_REQUIRED
+    else:
+        c.verify_mode = ssl.CERT_NONE
+    if certfile:
+        c.load_cert_chain(certfile, keyfile)
+    if minimum is not None:
+        c.minimum_version = minimum
+    if maximum is not None:
+        c.maximum_version = maximum
+    return c
+
+
+def sip_frame_len(buf):
+    """RFC 3261 §18.3 as a test reads a stream: the length of the first message in buf
+    (head + Content-Length body), None while incomplete. A head without Content-Length
+    counts as a body of 0 (what lunasip sends always has one)."""
+    sep = buf.find(b"\r\n\r\n")
+    if sep < 0:
+        return None
+    head = buf[:sep].decode("latin-1")
+    m = re.search(r"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*\r?$", head)
+    n = sep + 4 + (int(m.group(1)) if m else 0)
+    return n if len(buf) >= n else None
+
+
+class StreamClient:
+    """One TCP (or TLS) connection of the test: a client of a lunasip stream listener, or a
+    connection a StreamServer accepted. Reads SIP messages framed by Content-Length, keeps
+    what it read in self.buf, tells when the other side closed (self.eof)."""
+
+    def __init__(self, ctx, addr=None, tls=False, ssl_context=None, server_hostname=None, source=None,
+                 timeout=5.0, sock=None, nodelay=True):
+        if sock is None:
+            fam = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+            sock = socket.socket(fam, socket.SOCK_STREAM)
+            ctx._sockets.append(sock)
+            if source is not None:
+                sock.bind(source)
+            sock.settimeout(timeout)
+            sock.connect(addr)
+            if tls:
+                sc = ssl_context or client_ssl_context()
+                sock = sc.wrap_socket(sock, server_hostname=server_hostname)
+                ctx._sockets.append(sock)
+        else:
+            ctx._sockets.append(sock)
+        if nodelay:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.ctx, self.sock = ctx, sock
+        self.local = sock.getsockname()[:2]
+        self.remote = sock.getpeername()[:2]
+        self.buf = b""
+        self.eof = False       # the other side closed (EOF, RST, TLS close)
+        self.strays = []       # messages read while waiting for another one
+
+    @property
+    def port(self):
+        return self.local[1]
+
+    def send(self, data):
+        """Sends everything; False when the connection is gone (EPIPE, RST)."""
+        try:
+            self.sock.sendall(bytes(data))
+            return True
+        except (OSError, ssl.SSLError):
+            return False
+
+    def send_slowly(self, data, chunk=1, delay=0.0):
+        """Writes data chunk bytes at a time (TCP_NODELAY is on), sleeping delay between
+        writes; False as soon as a write fails."""
+        data = bytes(data)
+        for i in range(0, len(data), chunk):
+            if not self.send(data[i:i + chunk]):
+                return False
+            if delay:
+                time.sleep(delay)
+        return True
+
+    def _fill(self, timeout):
+        """Reads once into self.buf: True when bytes came, False on timeout or EOF."""
+        if self.eof:
+            return False
+        pending = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
+        if not pending:
+            try:
+                r, _, _ = select.select([self.sock], [], [], max(timeout, 0))
+            except (OSError, ValueError):
+                self.eof = True
+                return False
+            if not r:
+                return False
+        try:
+            self.sock.settimeout(max(timeout, 0.001))
+            d = self.sock.recv(65536)
+        except (socket.timeout, ssl.SSLWantReadError):
+            return False
+        except (OSError, ssl.SSLError):  # RST, an alert, an abrupt end of TLS
+            self.eof = True
+            return False
+        if not d:
+            self.eof = True
+            return False
+        self.buf += d
+        return True
+
+    def recv_raw(self, timeout=2.0, want=None):
+        """Bytes that arrive within timeout (at least what is buffered), stopping early once
+        want bytes are buffered or the other side closed. Consumes them."""
+        end = time.monotonic() + timeout
+        while (want is None or len(self.buf) < want) and not self.eof:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            self._fill(left)
+        out, self.buf = self.buf, b""
+        return out
+
+    def recv_message(self, timeout=2.0, skip_crlf=True):
+        """The next framed SIP message as a Response (requests too: is_response False), or
+        None on timeout or EOF. Leading CRLFs (keepalive answers) are skipped unless asked."""
+        end = time.monotonic() + timeout
+        while True:
+            if skip_crlf:
+                while self.buf.startswith(b"\r\n"):
+                    self.buf = self.buf[2:]
+            n = sip_frame_len(self.buf)
+            if n is not None:
+                raw, self.buf = self.buf[:n], self.buf[n:]
+                return Response(raw, self.remote)
+            left = end - time.monotonic()
+            if left <= 0 or self.eof:
+                return None
+            self._fill(left)
+
+    def recv_response(self, msg=None, timeout=2.0):
+        """The first response matching msg (Call-ID and CSeq number), others to self.strays."""
+        end = time.monotonic() + timeout
+        while True:
+            r = self.recv_message(max(end - time.monotonic(), 0))
+            if r is None:
+                return None
+            cseq = (r.header("CSeq") or "").split()
+            if msg is None or (r.is_response and r.header("Call-ID") == msg.call_id and cseq[:1] == [str(msg.cseq)]):
+                return r
+            self.strays.append(r)
+
+    def recv_request(self, method=None, timeout=2.0):
+        """The first request (of method, when given) that arrives, others to self.strays."""
+        end = time.monotonic() + timeout
+        while True:
+            r = self.recv_message(max(end - time.monotonic(), 0))
+            if r is None:
+                return None
+            if not r.is_response and (method is None or r.start.startswith(method + " ")):
+                return r
+            self.strays.append(r)
+
+    def request(self, msg, timeout=2.0):
+        if not self.send(msg):
+            return None
+        return self.recv_response(msg, timeout)
+
+    def wait_closed(self, timeout=3.0):
+        """True when the other side closed within timeout (what it sent before stays in
+        self.buf)."""
+        end = time.monotonic() + timeout
+        while not self.eof:
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            self._fill(left)
+        return True
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class StreamServer:
+    """A TCP listener of the test (a UAS lunasip connects to). accept() returns StreamClient
+    objects; self.accepted counts the connections taken."""
+
+    def __init__(self, ctx, host="127.0.0.1", port=0, ssl_context=None):
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.lsock = socket.socket(fam, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind((host, port))
+        self.lsock.listen(64)
+        ctx._sockets.append(self.lsock)
+        self.ctx, self.ssl_context = ctx, ssl_context
+        self.host, self.port = self.lsock.getsockname()[:2]
+        self.accepted = 0
+        self.conns = []
+
+    @property
+    def addr(self):
+        return (self.host, self.port)
+
+    def pending(self, timeout=0.0):
+        """Whether a connection waits to be accepted (within timeout)."""
+        r, _, _ = select.select([self.lsock], [], [], max(timeout, 0))
+        return bool(r)
+
+    def accept(self, timeout=3.0):
+        if not self.pending(timeout):
+            return None
+        s, _ = self.lsock.accept()
+        if self.ssl_context is not None:
+            s.settimeout(timeout)
+            s = self.ssl_context.wrap_socket(s, server_side=True)
+        self.accepted += 1
+        c = StreamClient(self.ctx, sock=s)
+        self.conns.append(c)
+        return c
+
+
+# ---------------------------------------------------------------------------------------------
 # lunasip instances
 
 class Instance:
     """One lunasip on loopback with its own config dir (ports picked free)."""
 
     def __init__(self, ctx, name, server_lua, ipv6=True, sip_extra="", conf_extra="", proxies=None,
-                 log_level="debug", conf_text=None):
+                 log_level="debug", conf_text=None, streams=(), ctl=False):
+        """streams: any of "tcp", "tls", "ws", "wss": listeners on 127.0.0.1 with free TCP
+        ports, in inst.ports[kind] once started (with "udp", and "udp6" when ipv6); a
+        conf_text gets them as @PORT_TCP@, @PORT_TLS@, @PORT_WS@, @PORT_WSS@ instead. ctl: a
+        control socket (ctl.sock in the config dir) so inst.stats() can read the counters
+        (with conf_text, set core.control_socket = "ctl.sock" in it)."""
         self.ctx, self.name = ctx, name
         self.dir = os.path.join(ctx.dir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.ipv6, self.sip_extra, self.conf_extra, self.log_level = ipv6, sip_extra, conf_extra, log_level
         self.conf_text = conf_text
+        for k in streams:
+            if k not in STREAM_KINDS:
+                raise ValueError("streams: unknown transport %r (one of %s)" % (k, ", ".join(STREAM_KINDS)))
+        self.streams = tuple(streams)
+        self.ctl = ctl
+        self.ctl_path = os.path.join(self.dir, "ctl.sock")
+        self.ports = {}
         self.script = os.path.join(self.dir, "server.lua")
         self.log_path = os.path.join(self.dir, "lunasip.log")
         self.proc = None
@@ -351,15 +622,19 @@ class Instance:
     def write_conf(self):
         if self.conf_text is not None:
             text = self.conf_text.replace("@PORT4@", str(self.port4)).replace("@PORT6@", str(self.port6))
+            for k in STREAM_KINDS:  # @PORT_TCP@, @PORT_TLS@, @PORT_WS@, @PORT_WSS@
+                if k in self.ports:
+                    text = text.replace("@PORT_%s@" % k.upper(), str(self.ports[k]))
         else:
             listen = ['"udp:127.0.0.1:%d"' % self.port4]
             if self.ipv6:
                 listen.append('"udp:[::1]:%d"' % self.port6)
-            text = ('core = { log_level = "%s", control_socket = false }\n'
+            listen += ['"%s:127.0.0.1:%d"' % (k, self.ports[k]) for k in self.streams]
+            text = ('core = { log_level = "%s", control_socket = %s }\n'
                     'sip = { listen = { %s }%s }\n'
                     'pike = { enabled = false }\n%s\n') % (
-                        self.log_level, ", ".join(listen), (", " + self.sip_extra) if self.sip_extra else "",
-                        self.conf_extra)
+                        self.log_level, '"ctl.sock"' if self.ctl else "false", ", ".join(listen),
+                        (", " + self.sip_extra) if self.sip_extra else "", self.conf_extra)
         with open(os.path.join(self.dir, "lunasip.conf"), "w") as f:
             f.write(text)
 
@@ -371,12 +646,31 @@ class Instance:
     def addr6(self):
         return ("::1", self.port6)
 
+    def addr(self, kind):
+        """("127.0.0.1", port) of the listener of that transport ("udp", "tcp", "tls", "ws", "wss")."""
+        return ("127.0.0.1", self.ports[kind])
+
+    def _pick_ports(self):
+        self.port4 = free_port(socket.AF_INET, "127.0.0.1")
+        self.port6 = free_port(socket.AF_INET6, "::1") if self.ipv6 else 0
+        self.ports = {"udp": self.port4}
+        if self.ipv6:
+            self.ports["udp6"] = self.port6
+        taken = set()
+        for k in self.streams:
+            for _ in range(20):  # distinct TCP ports, one per stream listener
+                p = free_port(socket.AF_INET, "127.0.0.1", socket.SOCK_STREAM)
+                if p not in taken:
+                    break
+            taken.add(p)
+            self.ports[k] = p
+
     # process
     def start(self, args=(), wait=True):
         for attempt in range(4):
-            self.port4 = free_port(socket.AF_INET, "127.0.0.1")
-            self.port6 = free_port(socket.AF_INET6, "::1") if self.ipv6 else 0
+            self._pick_ports()
             self.write_conf()
+            since = self.mark()  # a restart appends to the log: look only at this run's lines
             self.log_file = open(self.log_path, "ab")
             self.proc = subprocess.Popen([BIN, "-c", self.dir, "--foreground"] + list(args),
                                          stdin=subprocess.DEVNULL, stdout=self.log_file,
@@ -389,7 +683,7 @@ class Instance:
                 return self
             end = time.monotonic() + START_TIMEOUT
             while time.monotonic() < end:
-                if re.search(r"lunasip \S+ started", self.log()):
+                if re.search(r"lunasip \S+ started", self.log_since(since)):
                     return self
                 if self.proc.poll() is not None:
                     break
@@ -399,7 +693,7 @@ class Instance:
                 raise Fail("%s: no 'started' line in %.0f s" % (self.name, START_TIMEOUT))
             self.rc = self.proc.returncode
             _unregister(self.pid)
-            if "Address already in use" in self.log() and attempt < 3:
+            if "Address already in use" in self.log_since(since) and attempt < 3:
                 continue  # a port picked free was taken meanwhile: pick others
             raise Fail("%s: exited with %s before 'started'" % (self.name, self.rc))
         raise Fail("%s: could not bind" % self.name)
@@ -471,6 +765,58 @@ class Instance:
     def tail(self, n=25):
         return self.log().splitlines()[-n:]
 
+    def log_lines(self, pattern, since=0):
+        """The log lines after since that match the regex pattern."""
+        rx = re.compile(pattern)
+        return [ln for ln in self.log_since(since).splitlines() if rx.search(ln)]
+
+    # counters (the control socket's `stats`, SPEC §8; needs ctl=True)
+    def rpc(self, method, params=None, timeout=5.0):
+        """One JSON-RPC 2.0 call on the control socket: the result, or raises Fail on an
+        error answer or no answer."""
+        req = {"jsonrpc": "2.0", "id": 1, "method": method}
+        if params is not None:
+            req["params"] = params
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(timeout)
+            s.connect(self.ctl_path)
+            s.sendall(json.dumps(req).encode() + b"\n")
+            buf = b""
+            while b"\n" not in buf:
+                d = s.recv(65536)
+                if not d:
+                    break
+                buf += d
+        except OSError as e:
+            raise Fail("%s: control socket %s: %s" % (self.name, self.ctl_path, e))
+        finally:
+            s.close()
+        try:
+            ans = json.loads(buf.split(b"\n", 1)[0])
+        except ValueError:
+            raise Fail("%s: %s: no JSON answer: %r" % (self.name, method, buf[:200]))
+        if "error" in ans:
+            raise Fail("%s: %s: error answer %r" % (self.name, method, ans["error"]))
+        return ans.get("result")
+
+    def stats(self, prefix=""):
+        """The counters whose names start with prefix, as a dict name -> int."""
+        r = self.rpc("stats", [prefix] if prefix else None)
+        return {k: v for k, v in (r or {}).items() if isinstance(v, int)}
+
+    def stat(self, name):
+        return self.stats(name).get(name)
+
+    def wait_stat(self, name, at_least, timeout=5.0):
+        """Polls counter name until it is >= at_least or timeout; returns its last value."""
+        end = time.monotonic() + timeout
+        while True:
+            v = self.stat(name)
+            if (v is not None and v >= at_least) or time.monotonic() >= end or not self.running():
+                return v
+            time.sleep(0.05)
+
 
 # ---------------------------------------------------------------------------------------------
 # SIPp
@@ -479,18 +825,26 @@ class Sipp:
     """A SIPp run in its own directory; wait() returns its exit status and stats()
     the final cumulative counters of its -trace_stat CSV."""
 
-    def __init__(self, ctx, target, scenario, calls, rate, timeout_s, local_ip="127.0.0.1", extra=()):
+    def __init__(self, ctx, target, scenario, calls, rate, timeout_s, local_ip="127.0.0.1", extra=(),
+                 transport=None):
+        """transport: None (SIPp's default, UDP on one socket) or a SIPp -t mode ("u1", "un",
+        "t1", "tn", ...); for TCP modes self.port is a free TCP port."""
         n = len(ctx._sipps)
         self.ctx = ctx
         self.dir = os.path.join(ctx.dir, "sipp%d" % n)
         os.makedirs(self.dir, exist_ok=True)
         self.scenario = os.path.join(SIPP_DIR, scenario)
-        self.port = free_port(socket.AF_INET, local_ip)
+        stream = transport is not None and transport[:1] in ("t", "l")
+        self.port = free_port(socket.AF_INET, local_ip, socket.SOCK_STREAM if stream else socket.SOCK_DGRAM)
+        if transport is not None:
+            extra = ["-t", transport] + list(extra)
+            if transport.endswith("n"):  # a socket per call: SIPp's default 50000 exceeds ulimit -n here
+                extra += ["-max_socket", "1000"]
         self.stat = os.path.join(self.dir, "stat.csv")
         self.out_path = os.path.join(self.dir, "sipp.out")
         cmd = [SIPP, hostport(target[0], target[1]), "-sf", self.scenario, "-m", str(calls), "-r", str(rate),
                "-i", local_ip, "-p", str(self.port),
-               "-mp", str(free_port(socket.AF_INET, local_ip)), "-cp", str(free_port(socket.AF_INET, "0.0.0.0")),
+               "-mp", str(media_port(local_ip)), "-cp", str(free_port(socket.AF_INET, "0.0.0.0")),
                "-nostdin", "-timeout", "%ds" % timeout_s, "-timeout_error",
                "-trace_stat", "-stf", self.stat, "-fd", "1", "-trace_err", "-trace_screen"] + list(extra)
         self.cmd = cmd
@@ -584,6 +938,15 @@ class Ctx:
 
     def peer(self, host="127.0.0.1", port=0):
         return UdpPeer(self, host, port)
+
+    def stream(self, inst_or_addr, kind="tcp", **kw):
+        """A StreamClient connected to inst's kind listener ("tcp" or "tls"; TLS without
+        verification unless an ssl_context is given), or to an address."""
+        addr = inst_or_addr.addr(kind) if isinstance(inst_or_addr, Instance) else inst_or_addr
+        return StreamClient(self, addr, tls=(kind in ("tls", "wss")), **kw)
+
+    def stream_server(self, host="127.0.0.1", port=0, ssl_context=None):
+        return StreamServer(self, host, port, ssl_context)
 
     def sipp(self, *a, **kw):
         return Sipp(self, *a, **kw)
@@ -682,6 +1045,26 @@ def udp_bound(port, host="127.0.0.1"):
         return False
 
 
+def tcp_listening(port, host="127.0.0.1"):
+    """Whether some socket of this machine listens on TCP host:port (/proc/net/tcp, state 0A)."""
+    want = "%s:%04X" % ("".join("%02X" % int(b) for b in reversed(host.split("."))), port)
+    try:
+        with open("/proc/net/tcp") as f:
+            rows = [ln.split() for ln in f.read().splitlines()[1:]]
+    except OSError:
+        return False
+    return any(len(r) > 3 and r[1] == want and r[3] == "0A" for r in rows)
+
+
+def wait_tcp_listening(port, host="127.0.0.1", timeout=5.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if tcp_listening(port, host):
+            return True
+        time.sleep(0.02)
+    return tcp_listening(port, host)
+
+
 def wait_udp_bound(port, host="127.0.0.1", timeout=5.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -763,6 +1146,14 @@ def responses(peer, msg, timeout, cseq_method=None):
 
 def uas_reply(peer, req, code, reason, to_tag="uas-tag", extra=(), record_route=False, vias=None):
     """A raw UAS answers req (to where it came from), copying its Vias (or the given ones)."""
+    data = reply_bytes(req, code, reason, to_tag, extra, record_route, vias)
+    peer.send(data, req.addr)
+    return data
+
+
+def reply_bytes(req, code, reason, to_tag="uas-tag", extra=(), record_route=False, vias=None):
+    """The bytes of a response to the parsed request req (a Response), copying its Vias (or
+    the given ones), From, To (with to_tag added), Call-ID and CSeq."""
     lines = ["SIP/2.0 %d %s" % (code, reason)]
     lines += ["Via: " + v for v in (vias if vias is not None else req.header_all("Via"))]
     if record_route:
@@ -774,6 +1165,4 @@ def uas_reply(peer, req, code, reason, to_tag="uas-tag", extra=(), record_route=
     lines.append("CSeq: " + req.header("CSeq"))
     lines += list(extra)
     lines.append("Content-Length: 0")
-    data = ("\r\n".join(lines) + "\r\n\r\n").encode()
-    peer.send(data, req.addr)
-    return data
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()

@@ -417,26 +417,33 @@ def test_proxy_api_add_target_to_blacklist(t):
 
 def test_proxy_api_route_to_host_name_and_tcp_fail_cleanly(t):
     """A host name as destination (no DNS in this lunasip) → on_error(478, ..., "no_dns")
-    and 478 upstream; transport "tcp" → on_error(478, ..., "unsupported_transport")."""
+    and 478 upstream, before any target; transport "tcp" to a port nobody listens on →
+    on_target, then on_error(500, ..., "connection_error") and 500 upstream at once (the
+    refused connect fails the transaction, RFC 3261 §17.1.4), not after Timer F/B."""
     inst = _inst(t)
     uac, uas = t.peer(), t.peer()
     ruri = "sip:bob@%s:%d" % (LO, uas.port)
-    for case, method, code in (("dns", "INVITE", "no_dns"), ("tcp", "OPTIONS", "unsupported_transport"),
-                               ("tcp", "INVITE", "unsupported_transport")):
+    for case, method, status, code in (("dns", "INVITE", 478, "no_dns"), ("tcp", "OPTIONS", 500, "connection_error"),
+                                       ("tcp", "INVITE", 500, "connection_error")):
         what = "%s %s" % (case, method)
         msg = _invite(uac, ruri, case) if method == "INVITE" else \
             request(method, ruri, via=(uac.host, uac.port), extra=["X-Case: " + case])
         uac.send(msg, inst.addr4)
         got = _until_final(uac, msg, 2.0)
         fin = got[-1] if got and got[-1].status >= 200 else None
-        if t.check(fin is not None, "%s: no final answer (got %r)" % (what, [r.status for r in got])):
-            t.eq(fin.status, 478, "%s: final status upstream" % what)
+        if t.check(fin is not None, "%s: no final answer within 2 s (got %r)" % (what, [r.status for r in got])):
+            t.eq(fin.status, status, "%s: final status upstream" % what)
             if method == "INVITE":
                 _ack(uac, msg, ruri, fin, inst.addr4)
         err = [d for w, _, d in _cbs(inst, msg.call_id) if w == "A.error"]
-        t.check(len(err) == 1 and err[0][:2] == ["478", code],
-                "%s: on_error calls %r, expected one with (478, %s)" % (what, err, code))
-        t.check(not [c for c in _cbs(inst, msg.call_id) if c[0] == "A.target"], "%s: on_target was called" % what)
+        t.check(len(err) == 1 and err[0][:2] == [str(status), code],
+                "%s: on_error calls %r, expected one with (%d, %s)" % (what, err, status, code))
+        targets = [c for c in _cbs(inst, msg.call_id) if c[0] == "A.target"]
+        if case == "dns":
+            t.check(not targets, "%s: on_target was called" % what)
+        else:
+            # the refused target is blacklisted (use_blacklist): the second routing skips it
+            t.eq(len(targets), 1 if method == "OPTIONS" else 0, "%s: on_target calls" % what)
     t.eq([m.start for m in _requests(uas, 0.2)], [], "callee: requests received")
     _no_error_log(t, inst)
 

@@ -75,8 +75,12 @@ static void test_shipped(void)
     CHECK(dbl_eq(c.shutdown_grace, 5));
     CHECK(c.workers == 1);
     CHECK(ends_with(c.script, "/conf/server.lua"));
-    CHECK(c.nlisten == 2);
-    if (c.nlisten == 2) {
+    CHECK(c.nlisten == 6);
+    if (c.nlisten == 6) {
+        CHECK(c.listen[2].proto == CONFIG_LISTEN_TCP && strcmp(c.listen[2].text, "tcp:127.0.0.1:5060") == 0);
+        CHECK(c.listen[3].proto == CONFIG_LISTEN_TLS && c.listen[3].port == 5061);
+        CHECK(c.listen[4].proto == CONFIG_LISTEN_WS && c.listen[4].port == 10080);
+        CHECK(c.listen[5].proto == CONFIG_LISTEN_WSS && c.listen[5].port == 10443);
         CHECK(c.listen[0].proto == CONFIG_LISTEN_UDP && c.listen[0].family == AF_INET);
         CHECK(strcmp(c.listen[0].host, "127.0.0.1") == 0 && c.listen[0].port == 5060);
         CHECK(strcmp(c.listen[0].text, "udp:127.0.0.1:5060") == 0);
