@@ -88,12 +88,14 @@ struct pctx {
     unsigned events;             /* LAPI_EV_* delivered to Lua */
     int busy;                    /* > 0 while a callback runs: frees are deferred */
     struct pctx *next_pending;
+    struct pctx *all_next, **all_pprev; /* every live context, for the forced shutdown */
 };
 
 static const struct config_proxies *profiles;
 static struct listener *listeners;
 static const char *advertised;
 static struct pctx *pending_head, *pending_tail;
+static struct pctx *all_ctx;
 static struct pctx *dispatching;  /* the ctx whose Lua callback is running */
 static uint32_t next_id = 1;
 static size_t inflight;           /* routings Lua has not been told "done" of */
@@ -226,6 +228,11 @@ static struct pctx *ctx_new(enum ctx_kind kind, struct sip_msg *req, const struc
         return NULL;
     c->id = next_id++;
     inflight++;
+    c->all_next = all_ctx;
+    if (all_ctx)
+        all_ctx->all_pprev = &c->all_next;
+    all_ctx = c;
+    c->all_pprev = &all_ctx;
     if (next_id == 0)
         next_id = 1;
     c->kind = kind;
@@ -282,6 +289,9 @@ static void ctx_maybe_free(struct pctx *c)
     drop_req(c);
     if (c->vm)
         lvm_unref(c->vm);
+    *c->all_pprev = c->all_next;
+    if (c->all_next)
+        c->all_next->all_pprev = c->all_pprev;
     free(c);
 }
 
@@ -1616,6 +1626,18 @@ void proxy_shutdown(void)
         ctx_maybe_free(c);
     }
     pending_tail = NULL;
+    /* a forced exit (a second SIGTERM) leaves routings whose end Lua was never told: the
+     * transactions are gone already (txn_shutdown), so they go too */
+    while (all_ctx) {
+        struct pctx *c = all_ctx;
+        if (!c->lua_done)
+            inflight--;
+        c->busy = 0;
+        c->st = c->ct = NULL;
+        c->lua_done = 1;
+        c->queued = 0;
+        ctx_maybe_free(c);
+    }
     while (blacklist) {
         struct bl_entry *e = blacklist->next;
         free(blacklist);
