@@ -264,19 +264,6 @@ int flow_token_parse(const char *s, size_t len, struct flow *f)
     return 1;
 }
 
-static int has_option_tag(const struct sip_msg *m, enum sip_hdr_id id, const char *tag)
-{
-    struct sip_msg *mm = (struct sip_msg *)m;
-    for (int i = sip_msg_hdr_find_id(mm, id, 0); i >= 0; i = sip_msg_hdr_find_id(mm, id, (uint32_t)i + 1)) {
-        struct sip_str v = sip_msg_hdr_value(mm, (uint32_t)i), item;
-        const char *p = v.s, *end = v.s + v.len;
-        while (sip_list_next(&p, end, &item) == 1)
-            if (sip_str_casecmp(item, tag) == 0)
-                return 1;
-    }
-    return 0;
-}
-
 int flow_outbound_requested(const struct sip_msg *m)
 {
     struct sip_msg *mm = (struct sip_msg *)m;
@@ -294,7 +281,7 @@ int flow_outbound_requested(const struct sip_msg *m)
         return 0; /* more than one contact */
     struct sip_str pv;
     if (m->method == SIP_METHOD_REGISTER)
-        return has_option_tag(m, SIP_HDR_SUPPORTED, "outbound") && sip_param_get(na.params, "reg-id", &pv) == 1 &&
+        return sip_msg_has_option_tag(mm, SIP_HDR_SUPPORTED, "outbound") && sip_param_get(na.params, "reg-id", &pv) == 1 &&
                sip_param_get(na.params, "+sip.instance", &pv) == 1;
     return sip_param_get(na.uri.params, "ob", &pv) == 1;
 }

@@ -637,18 +637,6 @@ static int fix_upstream_via(struct sip_msg *m)
     return sip_msg_hdr_insert(m, "Via", 3, buf, n);
 }
 
-static int has_option_tag(struct sip_msg *m, enum sip_hdr_id id, const char *tag)
-{
-    for (int i = sip_msg_hdr_find_id(m, id, 0); i >= 0; i = sip_msg_hdr_find_id(m, id, (uint32_t)i + 1)) {
-        struct sip_str v = sip_msg_hdr_value(m, (uint32_t)i), item;
-        const char *p = v.s, *end = v.s + v.len;
-        while (sip_list_next(&p, end, &item) == 1)
-            if (sip_str_casecmp(item, tag) == 0)
-                return 1;
-    }
-    return 0;
-}
-
 /* Edits done once per routing: Max-Forwards (§16.6 step 3) and the upstream Via. */
 static int prepare(struct pctx *c)
 {
@@ -747,7 +735,7 @@ static long build_request(struct pctx *c, struct listener *out_l, enum sip_trans
         int reg = m->method == SIP_METHOD_REGISTER;
         const char *name = reg ? "Path" : "Record-Route";
         struct listener *in_l = m->listener;
-        if (!reg || has_option_tag(m, SIP_HDR_SUPPORTED, "path")) {
+        if (!reg || sip_msg_has_option_tag(m, SIP_HDR_SUPPORTED, "path")) {
             char in_tok[FLOW_TOKEN_MAX + 1] = "";
             if (m->transport == SIP_TP_WS || m->transport == SIP_TP_WSS || flow_outbound_requested(m)) {
                 struct flow f;
@@ -1294,7 +1282,7 @@ int lunasip_proxy_route(uint32_t h, uint32_t g, const char *profile, size_t plen
         txn_set_user(c->st, &server_ops, c);
         lapi_msg_set_state(m, LAPI_ST_ROUTED);
         c->wants_199 = m->method == SIP_METHOD_INVITE &&
-                       (has_option_tag(m, SIP_HDR_SUPPORTED, "199") || has_option_tag(m, SIP_HDR_REQUIRE, "199"));
+                       (sip_msg_has_option_tag(m, SIP_HDR_SUPPORTED, "199") || sip_msg_has_option_tag(m, SIP_HDR_REQUIRE, "199"));
     }
     resolve(c, hlen ? host : NULL, hlen, port, transport);
     enqueue(c);

@@ -1438,3 +1438,15 @@ int sip_msg_max_forwards(struct sip_msg *m)
         return -2;
     return (int)u;
 }
+
+int sip_msg_has_option_tag(struct sip_msg *m, enum sip_hdr_id id, const char *tag)
+{
+    for (int i = sip_msg_hdr_find_id(m, id, 0); i >= 0; i = sip_msg_hdr_find_id(m, id, (uint32_t)i + 1)) {
+        struct sip_str v = sip_msg_hdr_value(m, (uint32_t)i), item;
+        const char *p = v.s, *end = v.s + v.len;
+        while (sip_list_next(&p, end, &item) == 1)
+            if (sip_str_casecmp(item, tag) == 0)
+                return 1;
+    }
+    return 0;
+}

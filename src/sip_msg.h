@@ -213,6 +213,9 @@ const char *sip_hdr_name(enum sip_hdr_id id);
 /* Index of the first live header named name at or after from, or -1. */
 int sip_msg_hdr_find(const struct sip_msg *m, const char *name, size_t len, uint32_t from);
 int sip_msg_hdr_find_id(const struct sip_msg *m, enum sip_hdr_id id, uint32_t from);
+/* 1 when a header of that id (Supported, Require, ...) lists the option tag (compared
+ * ignoring case) in any of its values. */
+int sip_msg_has_option_tag(struct sip_msg *m, enum sip_hdr_id id, const char *tag);
 /* The value of header i with folding replaced by a single SP (unfolded copies live in
  * the arena, so the result stays valid as long as the message). */
 struct sip_str sip_msg_hdr_value(struct sip_msg *m, uint32_t i);
