@@ -48,6 +48,9 @@ struct conn {
     int remote_port, local_port;
     int lua_ref;                     /* owned by src/lapi: the Lua side of the connection
                                       * (cvars), or 0 when Lua never looked at it */
+    uint8_t no_server_tls_cb;        /* outgoing tls: opened by a proxy profile with
+                                      * callback_on_server_tls_handshake = false, so
+                                      * SipEvents.on_server_tls_handshake is not run */
     void *tls;                       /* struct tls_session * while TLS runs, else NULL */
     /* the rest is private to conn.c */
     struct conn_priv *priv;

@@ -360,6 +360,8 @@ int lapi_conn_tls_handshake(struct conn *c, int server_side)
     struct lunasip_conn_info info;
     struct judge saved = judge;
     int ran;
+    if (!server_side && c->no_server_tls_cb)
+        return 0;
     if (server_side) {
         fn = "on_client_tls_handshake";
         if (c->transport == SIP_TP_WSS)

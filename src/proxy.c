@@ -64,7 +64,7 @@ struct pctx {
     struct txn *ct;              /* the current client transaction */
 
     /* the profile, copied when the routing starts */
-    uint8_t do_rr, rr_all, use_blacklist, failover_503;
+    uint8_t do_rr, rr_all, use_blacklist, failover_503, server_tls_cb;
     int blacklist_time;
     uint32_t timer_B, timer_C, timer_F;
 
@@ -247,6 +247,7 @@ static struct pctx *ctx_new(enum ctx_kind kind, struct sip_msg *req, const struc
     c->rr_all = (uint8_t)prof->record_route_all;
     c->use_blacklist = (uint8_t)prof->use_blacklist;
     c->failover_503 = (uint8_t)prof->dns_failover_on_503;
+    c->server_tls_cb = (uint8_t)prof->callback_on_server_tls_handshake;
     c->blacklist_time = prof->blacklist_time;
     c->timer_B = (uint32_t)(prof->timer_B * 1000);
     c->timer_C = (uint32_t)(prof->timer_C * 1000);
@@ -841,6 +842,7 @@ static int out_path(struct pctx *c, const struct target *t, struct listener **ou
             int rc = conn_connect(t->transport, (const struct sockaddr *)&t->addr, t->addrlen, NULL, &cn);
             if (rc != 0)
                 return rc;
+            cn->no_server_tls_cb = !c->server_tls_cb;
         }
     }
     struct listener *l = cn->listener ? cn->listener : listener_for_tp(t->addr.ss_family, t->transport, NULL);

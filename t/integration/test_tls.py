@@ -357,3 +357,75 @@ def test_tls_handshake_timeout(t):
     t.check(closed and time.monotonic() - t0 < 1.0, "plain SIP on the TLS port: not closed at once (%.2f s)" % (time.monotonic() - t0))
     tls_options(t, inst, "OPTIONS after the failed handshakes")
     lsip.no_error_log(t, inst)
+
+
+# ------------------------------------------------------------------------- outgoing TLS
+
+OUT_SCRIPT = r'''
+local lunasip = require "lunasip"
+local REJECT = @REJECT@
+function SipEvents.on_request(req)
+  if req.method == "ACK" then return end
+  local p = lunasip.Proxy.new(req:header("X-Profile") or "default_proxy")
+  p:on_error(function(status, reason, code)
+    lunasip.log.notice("MARK error %s %s", tostring(status), tostring(code))
+  end)
+  p:route(req, "127.0.0.1", @PORT@, "tls")
+end
+function SipEvents.on_server_tls_handshake(conn, pems)
+  local ids = pems[1] and table.concat(lunasip.tls.sip_identities(pems[1]) or {}, ",") or "none"
+  lunasip.log.notice("MARK server_tls transport=%s pems=%d ids=%s", conn.transport, #pems, ids)
+  return not REJECT
+end
+'''
+
+OUT_PROXIES = "default_proxy = { timer_B = 4, timer_F = 4 }\nnocb = { callback_on_server_tls_handshake = false }\n"
+
+
+def _out_options(t, b, peer, profile=None):
+    m = request("OPTIONS", "sip:probe@127.0.0.1", via=(peer.host, peer.port),
+                extra=["X-Profile: " + profile] if profile else [])
+    peer.send(m, b.addr4)
+    end = time.monotonic() + 6
+    while time.monotonic() < end:
+        r = peer.recv_response(m, timeout=max(end - time.monotonic(), 0.01))
+        if r is None or r.status >= 200:
+            return r
+    return None
+
+
+def test_tls_outgoing_server_handshake_callback(t):
+    """lunasip as a TLS client (a request routed with transport "tls"): the server's chain
+    reaches SipEvents.on_server_tls_handshake; returning false fails the routing at once
+    (500, no Timer F wait); a profile with callback_on_server_tls_handshake = false skips the
+    callback; a second request reuses the connection (one handshake)."""
+    a = t.instance(SCRIPT, name="server", ipv6=False, start=False, streams=("tls",))
+    a.start()
+    port = a.ports["tls"]
+    for name, reject in (("accept", False), ("reject", True), ("nocb", False)):
+        b = t.instance(OUT_SCRIPT.replace("@PORT@", str(port)).replace("@REJECT@", "true" if reject else "false"),
+                       name="client_" + name, ipv6=False, start=False, streams=("tls",), proxies=OUT_PROXIES)
+        b.start()
+        peer = t.peer()
+        profile = "nocb" if name == "nocb" else None
+        t0 = time.monotonic()
+        r = _out_options(t, b, peer, profile)
+        took = time.monotonic() - t0
+        marks = b.log_lines(r"MARK server_tls")
+        if name == "accept":
+            t.eq(r.status if r else None, 200, "accept: answer through the TLS hop")
+            if t.check(len(marks) == 1, "accept: on_server_tls_handshake lines %r" % marks):
+                t.check("transport=tls pems=1 ids=localhost" in marks[0], "accept: callback saw %r" % marks[0])
+            r2 = _out_options(t, b, peer, profile)
+            t.eq(r2.status if r2 else None, 200, "accept: second request")
+            t.eq(len(b.log_lines(r"MARK server_tls")), 1, "accept: handshakes for two requests (connection reuse)")
+        elif name == "reject":
+            t.eq(r.status if r else None, 500, "reject: final answer")
+            t.check(took < 3, "reject: answered after %.1f s (expected at once, not after Timer F)" % took)
+            t.check(b.wait_log(r"rejected by the TLS handshake callback", 2), "reject: no log line of the rejection")
+            t.check(b.log_lines(r"MARK error 500 connection_error"), "reject: on_error(500, connection_error) missing")
+        else:
+            t.eq(r.status if r else None, 200, "nocb: answer through the TLS hop")
+            t.eq(marks, [], "nocb: on_server_tls_handshake ran despite callback_on_server_tls_handshake = false")
+        lsip.no_error_log(t, b)
+    lsip.no_error_log(t, a)
