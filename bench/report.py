@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Prints the benchmark table from the raw results bench/run.sh leaves in OUT:
 parse.txt and callgrind.txt (bench/parse_bench.c), options.json (bench/sip_bench.py),
-calls.json (bench/sip_bench.py --mode calls) and events.json (bench/evi_bench.py).
+calls.json (bench/sip_bench.py --mode calls), events.json (bench/evi_bench.py) and
+streams.json (bench/stream_bench.py).
 usage: report.py OUT [WALL_SECONDS]"""
 import json
 import os
@@ -368,6 +369,240 @@ def events_section(out):
     return sip_tab, sinks_tab, notes
 
 
+def streams_section(out):
+    """The stream-transport part (streams.json from stream_bench.py): the call flow over TCP
+    (lunasip vs Kamailio), OPTIONS answered over tcp/tls/ws/wss, and full TLS handshakes per
+    second. Returns ([(head, rows)], notes); the list is empty when the part did not run."""
+    path = os.path.join(out, "streams.json")
+    if not os.path.exists(path):
+        return [], []
+    with open(path) as f:
+        st = json.load(f)
+    tabs, notes = [], []
+    quick = " (QUICK: not for quoting)" if st.get("quick") else ""
+    nproc = st.get("host", {}).get("nproc", "?")
+    kver = st.get("kamailio_version", "").replace("version: ", "").replace("kamailio ", "").split(" (")[0].strip()
+
+    def ratio(a, b):
+        return "%.2f" % (a / b) if a is not None and b else "-"
+
+    c = st.get("calls")
+    if c and c.get("servers"):
+        failed, s, mx = c.get("failed", {}), c.get("summary", {}), c.get("max_clean_rate")
+        servers = c["servers"]
+        rate = c.get("cpu_rate", 500)
+
+        def cell(name, v, digits):
+            if name not in servers:
+                return "-"
+            if name in failed:
+                return "n/a (failed)"
+            return num(v, digits) if v is not None else "-"
+
+        def get(name, mode, key):
+            return s.get(name, {}).get(mode, {}).get(key)
+
+        rows = []
+        for label, mode, key, digits in (("CPU us/call @%d/s, one connection" % rate, "t1", "us_per_call", 1),
+                                         ("  server/UAC CPU, one connection", "t1", "server_over_uac", 2),
+                                         ("CPU us/call @%d/s, conn. per call" % rate, "tn", "us_per_call", 1),
+                                         ("  server/UAC CPU, conn. per call", "tn", "server_over_uac", 2)):
+            if not any(mode in s.get(n, {}) for n in servers) and not failed:
+                continue
+            mark = ""
+            if key == "us_per_call" and any(not s[n][mode]["all_clean"] for n in s if mode in s[n]):
+                mark = " (!)"
+            lv, kv = get("lunasip", mode, key), get("kamailio", mode, key)
+            bad = "lunasip" in failed or "kamailio" in failed
+            rows.append((label + mark, cell("lunasip", lv, digits), cell("kamailio", kv, digits),
+                         "-" if bad else ratio(lv, kv)))
+        if mx is not None:
+            lv, kv = mx.get("lunasip"), mx.get("kamailio")
+            rows.append(("max clean call rate, one conn.", cell("lunasip", lv, 0), cell("kamailio", kv, 0),
+                         ratio(lv, kv) if lv and kv else "-"))
+        tabs.append((("calls over TCP (stateful, RR)", "lunasip", "kamailio", "ratio"), rows))
+        for name in servers:
+            if name in failed:
+                notes.append("streams calls: %s n/a (%s run failed: %s)" % (name, name, failed[name]))
+        notes.append("streams calls: SIPp uac -> server -> SIPp uas over TCP on 127.0.0.1, the UDP call flow's "
+                     "scenarios (bench/call_uac.xml, call_uas.xml); the UAS listens with -t t1 and the proxy "
+                     "connects to it once; \"one connection\" = UAC -t t1 (every call on one connection, a trunk "
+                     "or SBC in front of the proxy), \"conn. per call\" = UAC -t tn (a new connection per call, "
+                     "closed by SIPp after the BYE's 200); CPU = se.sum_exec_runtime of every thread of every "
+                     "process of the server from the UAC's start to its end / calls completed; median of %d "
+                     "interleaved runs of %s calls at %d calls/s, the tn runs after the t1 runs%s"
+                     % (c["cpu_reps"], " / ".join("%s (%s)" % (num(v), k) for k, v in sorted(c["cpu_calls"].items())),
+                        rate, quick))
+        notes.append("streams calls: lunasip: bench/streams/lunasip-calls.conf + server-calls.lua (proxy:route(req, "
+                     "ip, port, \"tcp\"), proxy_out with do_record_routing), %s process(es); Kamailio %s: "
+                     "bench/kamailio/proxy-tcp.cfg (record_route(); t_relay(), listen=tcp:), children=tcp_children=%d, "
+                     "%s processes, -m 1024 -M 16 -x fm -X fm"
+                     % (c.get("processes", {}).get("lunasip", "-"), kver, st.get("kamailio_children", 2),
+                        c.get("processes", {}).get("kamailio", "-")))
+        if mx is not None:
+            notes.append("streams calls: clean step = no failed call on either side, every call complete at the UAS, "
+                         ">= 95%% of the target rate, and no call whose INVITE waited 500 ms or more for its 200 "
+                         "(over TCP SIPp retransmits nothing: a late answer is where UDP would have retransmitted); "
+                         "%d s of calls per step, steps %s then bisection, budget %d s; UAC, UAS and server share "
+                         "%s cores" % (c["step_seconds"], "/".join("%gk" % (x / 1000.0) for x in c["steps_tried"]),
+                                       c["max_budget_s"], nproc))
+            for name, capped in c.get("max_search_capped", {}).items():
+                if capped:
+                    notes.append("streams calls: %s was clean at the highest step tried (%d/s); its limit is higher"
+                                 % (name, mx[name]))
+            if c.get("max_search_cut"):
+                notes.append("streams calls: the max-rate search hit its time budget; the figures are lower bounds")
+            for name in servers:
+                uncl = [r for r in c.get("max_steps", []) if r["server"] == name and not r["clean"]
+                        and not r.get("superseded")]
+                if uncl:
+                    r = min(uncl, key=lambda r: r["rate"])
+                    w = r["wall_s"] or 1
+                    notes.append("streams calls: %s lowest unclean step %d/s: failed %d/%d (uac/uas), %.0f/s achieved, "
+                                 "%d call(s) set up in >= 500 ms%s; cores used: server %.2f, SIPp uac %.2f, uas %s"
+                                 % (name, r["rate"], r["failed"], r["uas_failed"], r["achieved_rate"],
+                                    r["setup_500ms_or_more"],
+                                    "; the server logged %d error lines%s" % (
+                                        r["server_log_errors"], ", %d of them out of memory" % r["server_out_of_memory"]
+                                        if r.get("server_out_of_memory") else "")
+                                    if r.get("server_log_errors") else "",
+                                    r["server_cpu_ns"] / 1e9 / w, r["uac_cpu_ns"] / 1e9 / w,
+                                    "%.2f" % (r["uas_cpu_ns"] / 1e9 / w) if r.get("uas_cpu_ns") else "?"))
+        busy = [r for r in c.get("cpu", []) if r.get("other_cores") is not None and r["other_cores"] > 0.25]
+        if busy:
+            notes.append("streams calls: (!) other work used > 0.25 core during %d of %d CPU runs (max %.2f cores): "
+                         "the machine is shared, see streams.json other_cores"
+                         % (len(busy), len(c["cpu"]), max(r["other_cores"] for r in busy)))
+        bad = [r for r in c.get("cpu", []) if not r["clean"]]
+        if bad:
+            notes.append("streams calls: (!) %d CPU run(s) not clean: %s" % (len(bad), ", ".join(
+                "%s %s rep %d (fail %d/%d, %.0f/s, %d slow)" % (r["server"], r["uac_transport"], r["rep"], r["failed"],
+                                                               r["uas_failed"], r["achieved_rate"],
+                                                               r["setup_500ms_or_more"]) for r in bad)))
+
+    m = st.get("msgs")
+    if m and m.get("targets"):
+        failed, s = m.get("failed", {}), m.get("summary", {})
+        cols = ("lunasip-tcp", "kamailio-tcp", "lunasip-tls", "lunasip-ws", "lunasip-wss")
+        head = ("stream messages (OPTIONS, 200)", "tcp", "kamailio tcp", "ratio", "tls", "ws", "wss")
+
+        def mcell(key, mode, field, digits):
+            if key not in m["targets"]:
+                return "-"
+            if key in failed:
+                return "n/a"
+            v = s.get(key, {}).get(mode, {}).get(field)
+            return num(v, digits) if v is not None else "-"
+
+        def mrow(label, mode, field, digits, with_ratio=True):
+            flag = ""
+            if field in ("per_s", "us_per_msg") and any(not x.get(mode, {}).get("all_clean", True) for x in s.values()):
+                flag = " (!)"
+            a = s.get("lunasip-tcp", {}).get(mode, {}).get(field)
+            b = s.get("kamailio-tcp", {}).get(mode, {}).get(field)
+            rt = ratio(a, b) if with_ratio and "lunasip-tcp" not in failed and "kamailio-tcp" not in failed else "-"
+            return (label + flag, mcell("lunasip-tcp", mode, field, digits), mcell("kamailio-tcp", mode, field, digits),
+                    rt, mcell("lunasip-tls", mode, field, digits), mcell("lunasip-ws", mode, field, digits),
+                    mcell("lunasip-wss", mode, field, digits))
+        fixed = m.get("fixed_rate", 10000)
+        rows = [mrow("messages/s, max", "max", "per_s", 0),
+                mrow("  server CPU us/msg at max", "max", "us_per_msg", 2),
+                mrow("  server cores at max", "max", "server_cores", 2, False),
+                mrow("server CPU us/msg @%s/s" % num(fixed), "fixed", "us_per_msg", 2),
+                mrow("  mean latency us @%s/s" % num(fixed), "fixed", "lat_mean_us", 0, False)]
+        tabs.append((head, rows))
+        for key in cols:
+            if key in failed:
+                notes.append("streams msgs: %s n/a: %s" % (key, failed[key]))
+        notes.append("streams msgs: bench/streams/streamload.c (C, epoll, 1 thread) opens %d connections per target "
+                     "(ws/wss: HTTP upgrade with Sec-WebSocket-Protocol: sip, masked text frames; tls/wss: mbedTLS, "
+                     "TLS 1.2) and keeps %d OPTIONS in flight on each (max), or sends %s/s in all (fixed); lunasip "
+                     "answers from Lua (bench/streams/server-msgs.lua, req:reply(200)), one process; Kamailio answers "
+                     "with sl_send_reply (bench/kamailio/options-tcp.cfg, children=tcp_children=%d); server CPU = "
+                     "se.sum_exec_runtime of every thread of every process over the window / answers; cores = that CPU "
+                     "/ the window (near 1 for lunasip: it was the limit); median of %d interleaved runs of %g s%s"
+                     % (m["conns"], m["window"], num(fixed), st.get("kamailio_children", 2), m["reps"], m["seconds"],
+                        quick))
+        busy = [d for d in m.get("runs", []) if d.get("other_cores") is not None and d["other_cores"] > 0.25]
+        if busy:
+            notes.append("streams msgs: (!) other work used > 0.25 core during %d of %d runs (max %.2f cores): the "
+                         "machine is shared; the max rates and cores are the least robust figures, the CPU per message "
+                         "the most" % (len(busy), len(m["runs"]), max(d["other_cores"] for d in busy)))
+        bad = [d for d in m.get("runs", []) if not d["clean"]]
+        if bad:
+            notes.append("streams msgs: (!) %d run(s) not clean: %s" % (len(bad), ", ".join(
+                "%s-%s %s rep %d (bad %d, errors %d, %.0f/s%s)" % (d["server"], d["transport"], d["mode"], d["rep"],
+                                                                  d["bad"], d["errors"], d["per_s"],
+                                                                  "" if d["first_error"] == "-" else ", " +
+                                                                  d["first_error"].replace("_", " "))
+                for d in bad)))
+        pr = m.get("processes", {})
+        if pr:
+            notes.append("streams msgs: lunasip runs %s process (core.workers = 1, as in the UDP parts), Kamailio %s "
+                         "processes of which %d read TCP: the max rates compare one event loop with %d TCP workers; "
+                         "the CPU per message is the like-for-like figure"
+                         % (pr.get("lunasip", "?"), pr.get("kamailio", "?"), st.get("kamailio_children", 2),
+                            st.get("kamailio_children", 2)))
+        cl = ["%s %.2f us" % (k, s[k]["max"]["client_us_per_msg"]) for k in cols if "max" in s.get(k, {})]
+        if cl:
+            notes.append("streams msgs: the load generator's own CPU per message at max (it shares the %s cores): %s"
+                         % (nproc, ", ".join(cl)))
+
+    t = st.get("tls")
+    if t and t.get("targets"):
+        failed, s = t.get("failed", {}), t.get("summary", {})
+        cols = [k for k in ("lunasip-tls", "lunasip-tls-p256", "lunasip-tcp") if k in t["targets"]]
+        names = {"lunasip-tls": "tls", "lunasip-tls-p256": "tls x25519/P256", "lunasip-tcp": "tcp (no TLS)"}
+        head = ("connections/s: connect, OPTIONS, close",) + tuple(names[k] for k in cols)
+
+        def tcell(key, field, digits):
+            if key in failed:
+                return "n/a"
+            v = s.get(key, {}).get(field)
+            return num(v, digits) if v is not None else "-"
+        flag = " (!)" if any(not x["all_clean"] for x in s.values()) else ""
+        rows = [("per second (lunasip)" + flag,) + tuple(tcell(k, "per_s", 0) for k in cols),
+                ("  lunasip CPU us/connection",) + tuple(tcell(k, "us_per", 1) for k in cols),
+                ("  lunasip cores",) + tuple(tcell(k, "server_cores", 2) for k in cols),
+                ("  client CPU us/connection",) + tuple(tcell(k, "client_us_per", 1) for k in cols),
+                ("  client cores",) + tuple(tcell(k, "client_cores", 2) for k in cols)]
+        tabs.append((head, rows))
+        for key in cols:
+            if key in failed:
+                notes.append("streams tls: %s n/a: %s" % (key, failed[key]))
+        x = s.get("lunasip-tls", {})
+        notes.append("streams tls: %d connections in parallel from bench/streams/streamload.c (mbedTLS client, no "
+                     "certificate check, no session id kept and tickets off: every handshake is full), each: connect, "
+                     "handshake, one OPTIONS, its 200, close_notify, close, then the next; \"tls\": the client offers "
+                     "mbedTLS's whole curve list (secp521r1 among them, as OpenSSL's default list does); \"tls "
+                     "x25519/P256\": it offers only x25519 and secp256r1; \"tcp\": the same cycle without TLS; %s; "
+                     "lunasip's generated EC P-256 certificate, shipped tls settings; median of %d interleaved runs of "
+                     "%g s%s" % (t["parallel"], "negotiated %s %s" % (x.get("version"), x.get("cipher")) if x else "",
+                                 t["reps"], t["seconds"], quick))
+        for case, d in sorted((t.get("openssl_probe") or {}).items()):
+            notes.append("streams tls: openssl s_client (%s) negotiates with lunasip: %s"
+                         % (case, ", ".join("%s %s" % kv for kv in sorted(d.items()))))
+        bound = [names[k] for k in cols if s.get(k, {}).get("client_cores", 0) >= 0.9]
+        if bound:
+            notes.append("streams tls: the load generator (one thread) used >= 0.9 core in %s: there the rate is the "
+                         "client's (per connection it spends more CPU than lunasip: the client side of an mbedTLS "
+                         "handshake, or the kernel's connect and close; client and lunasip share %s cores), not "
+                         "lunasip's limit; lunasip's CPU per connection is exact either way"
+                         % (", ".join(bound), nproc))
+        busy = [d for d in t.get("runs", []) if d.get("other_cores") is not None and d["other_cores"] > 0.25]
+        if busy:
+            notes.append("streams tls: (!) other work used > 0.25 core during %d of %d runs (max %.2f cores): the "
+                         "machine is shared" % (len(busy), len(t["runs"]), max(d["other_cores"] for d in busy)))
+        bad = [d for d in t.get("runs", []) if not d["clean"]]
+        if bad:
+            notes.append("streams tls: (!) %d run(s) not clean: %s" % (len(bad), ", ".join(
+                "%s-%s rep %d (bad %d, errors %d%s)" % (d["server"], d["label"], d["rep"], d["bad"], d["errors"],
+                                                        "" if d["first_error"] == "-" else ", " +
+                                                        d["first_error"].replace("_", " ")) for d in bad)))
+        notes.append("streams tls: Kamailio %s" % t.get("kamailio", "not compared"))
+    return tabs, notes
+
+
 def main():
     out = sys.argv[1]
     wall = int(sys.argv[2]) if len(sys.argv) > 2 else None
@@ -475,8 +710,9 @@ def main():
 
     calls_rows, calls_head, calls_notes = calls_section(out)
     ev_sip, ev_sinks, ev_notes = events_section(out)
+    st_tabs, st_notes = streams_section(out)
     w = [34, 14, 19, 8]
-    if rows or not (calls_rows or ev_sip or ev_sinks):
+    if rows or not (calls_rows or ev_sip or ev_sinks or st_tabs):
         print("%-*s %*s %*s %*s" % (w[0], "benchmark", w[1], "lunasip", w[2], "libosip2/kamailio", w[3], "ratio"))
         for r in rows:
             print("%-*s %*s %*s %*s" % (w[0], r[0], w[1], r[1], w[2], r[2], w[3], r[3]))
@@ -500,6 +736,11 @@ def main():
             print("%-*s %*s %*s %*s %*s %*s" % (ew[0], r[0], ew[1], r[1], ew[2], r[2], ew[3], r[3], ew[4], r[4],
                                                ew[5], r[5]))
         print()
+    for head, trows in st_tabs:
+        sw = [34] + [13] * (len(head) - 1)
+        for r in [head] + trows:
+            print(" ".join(("%-*s" if i == 0 else "%*s") % (sw[i], c) for i, c in enumerate(r)).rstrip())
+        print()
     if rows:
         print("ratio: parse = lunasip speed-up over libosip2 (higher is better); OPTIONS CPU = lunasip/kamailio "
               "(lower is better); max rate = lunasip/kamailio")
@@ -509,9 +750,12 @@ def main():
     if ev_sip:
         print("ratio: events = with the event / without (CPU per request: lower is better, 1.00 = free; max clean "
               "rate: higher is better)")
+    if st_tabs:
+        print("ratio: streams = lunasip/kamailio over TCP: CPU per call or message lower is better, rates higher is "
+              "better")
     for g in goals:
         print("goal: " + g)
-    for n in notes + calls_notes + ev_notes:
+    for n in notes + calls_notes + ev_notes + st_notes:
         print("note: " + n)
     if wall is not None:
         print("wall time of bench/run.sh: %d s; raw numbers in %s/" % (wall, out))

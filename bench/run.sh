@@ -7,14 +7,18 @@
 # Kamailio (record_route(); t_relay()) and Kamailio routing in Lua (app_lua)
 # (bench/sip_bench.py --mode calls). Part 4: the event interface (bench/evi_bench.py): the SIP
 # cost of raising one event per OPTIONS to a udp:, a rabbitmq: and a hung tcp: sink (a peer
-# that never reads) (vs none), and events delivered per second to each sink kind. Method and
-# fairness rules: /work/shared/BENCH.md.
+# that never reads) (vs none), and events delivered per second to each sink kind. Part 5: the
+# stream transports (bench/stream_bench.py): the call flow over TCP (lunasip vs Kamailio),
+# OPTIONS answered over tcp/tls/ws/wss (bench/streams/streamload.c, Kamailio over TCP beside),
+# and full TLS handshakes per second. Method and fairness rules: /work/shared/BENCH.md.
 # Raw numbers go to build/bench/, the table to stdout.
 #
 # Environment: BENCH_QUICK=1 runs short windows (a smoke test, numbers not for quoting);
-# BENCH_SKIP_SIP=1, BENCH_SKIP_CALLS=1, BENCH_SKIP_PARSE=1 or BENCH_SKIP_EVENTS=1 skip a part;
-# BENCH_CALLGRIND=0 skips callgrind; BENCH_CALLS_SERVERS=kamailio,kamailio-lua (say) limits
-# part 3's servers; BENCH_EVENTS_SINKS=udp,tcp (say) limits part 4's sink kinds.
+# BENCH_SKIP_SIP=1, BENCH_SKIP_CALLS=1, BENCH_SKIP_PARSE=1, BENCH_SKIP_EVENTS=1 or
+# BENCH_SKIP_STREAMS=1 skip a part; BENCH_CALLGRIND=0 skips callgrind;
+# BENCH_CALLS_SERVERS=kamailio,kamailio-lua (say) limits part 3's servers;
+# BENCH_EVENTS_SINKS=udp,tcp (say) limits part 4's sink kinds; BENCH_STREAMS_PARTS=calls,msgs,tls
+# and BENCH_STREAMS_SERVERS=lunasip,kamailio (say) limit part 5.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -52,7 +56,7 @@ if [ ! -f "$LIB" ] || [ ! -x ./lunasip ]; then
 fi
 mkdir -p "$OUT"
 rm -f "$OUT/parse.txt" "$OUT/callgrind.txt" "$OUT/options.json" "$OUT/calls.json" "$OUT/events.json" \
-    "$OUT/table.txt"
+    "$OUT/streams.json" "$OUT/table.txt"
 start=$(date +%s)
 
 # The RFC 4475 torture set: every file whose MANIFEST rfc column is 4475, valid or not.
@@ -114,6 +118,15 @@ if [ "${BENCH_SKIP_EVENTS:-0}" != 1 ]; then
     run python3 bench/evi_bench.py --out "$OUT" --lunasip ./lunasip \
         --sinks "${BENCH_EVENTS_SINKS:-udp,unix,tcp,http,flatstore,rabbitmq}" $sopt \
         || echo "bench/run.sh: the events part failed (exit $?); its table is missing" >&2
+fi
+
+if [ "${BENCH_SKIP_STREAMS:-0}" != 1 ]; then
+    echo "== streams: calls over TCP (lunasip vs Kamailio), OPTIONS over tcp/tls/ws/wss, TLS handshakes"
+    # A lunasip without stream listeners makes its cells n/a; the Kamailio cells still come.
+    # shellcheck disable=SC2086
+    run python3 bench/stream_bench.py --out "$OUT" --lunasip ./lunasip \
+        --parts "${BENCH_STREAMS_PARTS:-calls,msgs,tls}" --servers "${BENCH_STREAMS_SERVERS:-lunasip,kamailio}" $sopt \
+        || echo "bench/run.sh: the streams part failed (exit $?); its table is missing" >&2
 fi
 
 end=$(date +%s)
