@@ -1,8 +1,10 @@
 /* Stream connections (SPEC §4 "Transports"): tcp:, tls:, ws: and wss: listeners, accepted
  * and outgoing connections on the libev loop, SIP framing by Content-Length (RFC 3261
- * §18.3), double-CRLF keepalives (RFC 5626 §4.4.1), the WebSocket upgrade and framing
- * (RFC 6455, RFC 7118) through src/ws.h, TLS sessions through src/tls.h, and every limit of
- * SPEC §3.1 (connections, per-IP, header_timeout, idle, sizes, queued output).
+ * §18.3), double-CRLF keepalives (RFC 5626 §4.4.1), TLS sessions through src/tls.h, and
+ * every limit of SPEC §3.1 (connections, per-IP, header_timeout, idle, sizes, queued
+ * output). The WebSocket upgrade and framing (RFC 6455, RFC 7118) are in src/conn_ws.c, the
+ * listeners and the accept path in src/conn_listen.c, the table (by id, by address, per IP)
+ * in src/conn_table.c; src/conn_int.h holds what they share.
  *
  * Lifetime. A connection enters the table at accept/connect with one reference (the
  * table's). conn_close only moves it to CONN_CLOSING (flush, close frame, close_notify,
@@ -20,13 +22,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
+#include "conn_int.h"
 #include "evi.h"
 #include "log.h"
 #include "stats.h"
@@ -37,255 +38,38 @@
 #define CONN_OUT_MAX (4u << 20)     /* queued output above this: the peer does not read */
 #define CONN_CLOSE_FLUSH 2.0        /* conn_close: flush + linger bound, seconds */
 #define CONN_READS_MAX 16           /* reads per wake-up of one connection */
-#define CONN_ACCEPT_BATCH 64        /* accepts per wake-up of one listener */
-#define CONN_ACCEPT_PAUSE 0.5       /* EMFILE/ENFILE: seconds without accepting */
 #define CONN_TLS_CHUNK 16384        /* bytes per tls_write (one record) */
-#define CONN_LOG_EVERY 60.0         /* rate-limited logs: once a minute */
 #define CONN_RBUF 65536             /* the shared read buffer */
 #define CONN_IBUF_KEEP 16384        /* a per-connection input buffer larger than this is freed
                                      * when it empties (20,000 idle connections cost nothing) */
 
-/* ----- hash tables: chained, power-of-two buckets, the hash kept in each node ----- */
-
-struct hnode {
-    struct hnode *next;
-    uint64_t h;
-};
-
-struct htab {
-    struct hnode **b;
-    size_t mask, n;
-};
-
-#define container_of(p, type, member) ((type *)(void *)((char *)(p) - offsetof(type, member)))
-
-static uint64_t hash_seed;
-
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ULL;
-    x ^= x >> 33;
-    return x;
-}
-
-static uint64_t hash_bytes(const void *p, size_t n)
-{
-    const unsigned char *s = p;
-    uint64_t h = hash_seed ^ (uint64_t)n;
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, s, 8);
-        h = mix64(h ^ w);
-        s += 8;
-        n -= 8;
-    }
-    uint64_t w = 0;
-    memcpy(&w, s, n);
-    return mix64(h ^ w ^ 0x9e3779b97f4a7c15ULL);
-}
-
-/* Doubles the bucket array; on allocation failure keeps the old one (longer chains). */
-static void htab_grow(struct htab *t)
-{
-    size_t nb = t->b ? (t->mask + 1) * 2 : 64;
-    struct hnode **b = calloc(nb, sizeof(*b));
-    if (!b)
-        return;
-    if (t->b) {
-        for (size_t i = 0; i <= t->mask; i++) {
-            struct hnode *n = t->b[i];
-            while (n) {
-                struct hnode *next = n->next;
-                n->next = b[n->h & (nb - 1)];
-                b[n->h & (nb - 1)] = n;
-                n = next;
-            }
-        }
-        free(t->b);
-    }
-    t->b = b;
-    t->mask = nb - 1;
-}
-
-static int htab_insert(struct htab *t, struct hnode *n, uint64_t h)
-{
-    if (!t->b || t->n > t->mask)
-        htab_grow(t);
-    if (!t->b)
-        return -ENOMEM;
-    n->h = h;
-    n->next = t->b[h & t->mask];
-    t->b[h & t->mask] = n;
-    t->n++;
-    return 0;
-}
-
-static void htab_remove(struct htab *t, struct hnode *n)
-{
-    if (!t->b)
-        return;
-    struct hnode **pp = &t->b[n->h & t->mask];
-    while (*pp && *pp != n)
-        pp = &(*pp)->next;
-    if (*pp) {
-        *pp = n->next;
-        t->n--;
-    }
-}
-
-static struct hnode *htab_first(const struct htab *t, uint64_t h)
-{
-    return t->b ? t->b[h & t->mask] : NULL;
-}
-
-static void htab_free(struct htab *t)
-{
-    free(t->b);
-    memset(t, 0, sizeof(*t));
-}
-
-/* An address as a hash key: transport, family, port and the 16 address bytes. */
-struct addr_key {
-    uint8_t tp, family;
-    uint16_t port;
-    uint8_t ip[16];
-};
-
-static int addr_key_of(const struct sockaddr *sa, socklen_t len, int tp, int with_port, struct addr_key *k)
-{
-    memset(k, 0, sizeof(*k));
-    k->tp = (uint8_t)tp;
-    if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
-        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
-        k->family = 4;
-        memcpy(k->ip, &s4->sin_addr, 4);
-        k->port = with_port ? s4->sin_port : 0;
-        return 0;
-    }
-    if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
-        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
-        k->family = 6;
-        memcpy(k->ip, &s6->sin6_addr, 16);
-        k->port = with_port ? s6->sin6_port : 0;
-        return 0;
-    }
-    return -1;
-}
-
 /* ----- state ----- */
-
-/* Connections per remote IP: n all of them (conn_count_ip), n_in the accepted ones (the
- * max_connections_per_ip limit: lunasip's own connections to a busy peer do not count
- * against that peer's clients). Removed when n drops to 0. */
-struct ip_entry {
-    struct hnode node;
-    struct addr_key key;
-    size_t n, n_in;
-    ev_tstamp refused_log_at;
-};
-
-struct conn_priv {
-    struct conn *pub;
-    int fd;
-    int refs;
-    ev_io io;
-    ev_timer timer;
-    ev_tstamp timer_at;          /* deadline the timer is armed for */
-    struct hnode id_node, addr_node;
-    struct addr_key akey;
-    struct ip_entry *ip;
-    struct conn *prev, *next;    /* every connection in the table */
-    struct conn *reap_next;
-    char name[192];
-    char *tls_name;              /* outgoing tls: SNI / name to verify, owned */
-
-    /* times (ev_now) */
-    ev_tstamp t_state;           /* entering CONNECTING, TLS or WS_UPGRADE */
-    ev_tstamp msg_start;         /* first byte of the partial SIP message, 0 = none */
-    const char *why;             /* why it closes (static text), for E_CORE_TCP_DISCONNECT */
-    uint16_t ws_code;            /* the WebSocket close code sent or received, 0 = none */
-    ev_tstamp last_used, last_rx, last_ping, pong_deadline, close_deadline;
-
-    /* input: bytes kept between reads (a partial message); empty most of the time */
-    char *ibuf;
-    size_t ilen, icap;
-    /* output: one buffer, bytes [ooff, olen) not yet written */
-    char *obuf;
-    size_t ooff, olen, ocap;
-    uint64_t out_in, out_written, sip_end; /* stream offsets: queued, written, end of the
-                                            * last SIP message queued (failed = sip lost) */
-    size_t tls_wlen;             /* a tls_write that asked to be retried with these bytes */
-    int tls_wwant;               /* TLS_WANT_READ / TLS_WANT_WRITE of that write, else 0 */
-    int hs_want;                 /* EV_READ / EV_WRITE the handshake waits for */
-    int io_events;               /* what the io watcher is started with (0: stopped) */
-
-    struct ws_parser wsp;
-
-    unsigned head_done : 1;      /* the partial message's head is complete (body pending) */
-    unsigned opened : 1;         /* reached CONN_OPEN once */
-    unsigned client_closed : 1;
-    unsigned force_failed : 1;
-    unsigned aborting : 1;       /* finishing without flushing (reaper) */
-    unsigned in_reap : 1;
-    unsigned shut_wr : 1;
-    unsigned linger : 1;         /* finish hands the socket to a linger */
-    unsigned peer_eof : 1;
-    unsigned pong_wait : 1;
-    unsigned wsp_init : 1;
-};
 
 struct conn_block {
     struct conn c;
     struct conn_priv p;
 };
 
-/* A stream listener: the struct listener of udp.h first, so conn_listener_* take it. */
-struct slistener {
-    struct listener l;
-    ev_timer pause;              /* accepting paused (EMFILE) */
-    int stopped;
-    ev_tstamp emfile_log_at;
-    struct slistener *next;
-};
-
-static struct {
-    size_t max_msg;
-    double connect_to, hs_to, header_to, idle_to;
-    size_t max_conns, max_per_ip;
-    size_t ws_max_msg, ws_max_frame;
-    double ws_ka, ws_pong;
-    char **origins;              /* NULL with origins_set 0: any origin */
-    size_t norigins;
-    int origins_set;
-} lim = {
+struct conn_limits lim = {
     .max_msg = 65535, .connect_to = 2, .hs_to = 4, .header_to = 10, .idle_to = 7200,
     .max_conns = 20000, .max_per_ip = 200, .ws_max_msg = 65536, .ws_max_frame = 65536,
     .ws_ka = 60, .ws_pong = 10,
 };
 
-static struct ev_loop *g_loop;
-static struct conn_hooks hooks;
-static struct tls_ctx *g_tls;
+struct ev_loop *g_loop;
+struct conn_hooks hooks;
+struct tls_ctx *g_tls;
 static uint64_t next_id = 1;
-static struct htab by_id, by_addr, by_ip;
-static struct conn *all_head;
-static size_t nconns;
 static struct conn *reap_head, *reap_tail;
 static ev_prepare reaper;
-static struct slistener *listeners;
-static ev_tstamp total_refused_log_at, tls_missing_log_at;
 static char rbuf[CONN_RBUF];
 static int no_hooks;             /* conn_shutdown_now: leaving without callbacks */
 
 static void on_io(struct ev_loop *loop, ev_io *w, int revents);
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
 static void read_input(struct conn *c);
-static void set_open(struct conn *c);
 
-static ev_tstamp now(void)
+ev_tstamp now(void)
 {
     return ev_now(g_loop);
 }
@@ -298,15 +82,6 @@ static int is_ws(const struct conn *c)
 static size_t out_queued(const struct conn_priv *p)
 {
     return p->olen - p->ooff;
-}
-
-static void init_seed(void)
-{
-    if (hash_seed)
-        return;
-    if (getrandom(&hash_seed, sizeof(hash_seed), GRND_NONBLOCK) != (ssize_t)sizeof(hash_seed))
-        hash_seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-    hash_seed |= 1;
 }
 
 /* "tcp:1.2.3.4:5060" / "tcp:[::1]:5060" */
@@ -336,7 +111,7 @@ static void fill_local(struct conn *c)
     update_name(c);
 }
 
-/* ----- references, the table, finishing ----- */
+/* ----- references, finishing ----- */
 
 void conn_ref(struct conn *c)
 {
@@ -355,92 +130,6 @@ void conn_unref(struct conn *c)
     if (p->wsp_init)
         ws_parser_free(&p->wsp);
     free(container_of(c, struct conn_block, c));
-}
-
-static struct ip_entry *ip_find(const struct addr_key *k, uint64_t h)
-{
-    for (struct hnode *n = htab_first(&by_ip, h); n; n = n->next) {
-        struct ip_entry *e = container_of(n, struct ip_entry, node);
-        if (n->h == h && memcmp(&e->key, k, sizeof(*k)) == 0)
-            return e;
-    }
-    return NULL;
-}
-
-static void ip_key_of(const struct sockaddr *sa, socklen_t len, struct addr_key *k, uint64_t *h)
-{
-    if (addr_key_of(sa, len, 0, 0, k) != 0)
-        memset(k, 0, sizeof(*k));
-    *h = hash_bytes(k, sizeof(*k));
-}
-
-/* Enters c in the tables. Returns 0 or -ENOMEM. */
-static int table_add(struct conn *c)
-{
-    struct conn_priv *p = c->priv;
-    struct addr_key ik;
-    uint64_t ih;
-    ip_key_of((struct sockaddr *)&c->remote, c->remote_len, &ik, &ih);
-    struct ip_entry *e = ip_find(&ik, ih);
-    if (!e) {
-        e = calloc(1, sizeof(*e));
-        if (!e)
-            return -ENOMEM;
-        e->key = ik;
-        if (htab_insert(&by_ip, &e->node, ih) != 0) {
-            free(e);
-            return -ENOMEM;
-        }
-    }
-    if (htab_insert(&by_id, &p->id_node, mix64(c->id ^ hash_seed)) != 0)
-        goto fail;
-    if (addr_key_of((struct sockaddr *)&c->remote, c->remote_len, c->transport, 1, &p->akey) != 0 ||
-        htab_insert(&by_addr, &p->addr_node, hash_bytes(&p->akey, sizeof(p->akey))) != 0) {
-        htab_remove(&by_id, &p->id_node);
-        goto fail;
-    }
-    e->n++;
-    if (!c->outgoing)
-        e->n_in++;
-    p->ip = e;
-    p->next = all_head;
-    if (all_head)
-        all_head->priv->prev = c;
-    all_head = c;
-    nconns++;
-    return 0;
-fail:
-    if (e->n == 0) {
-        htab_remove(&by_ip, &e->node);
-        free(e);
-    }
-    return -ENOMEM;
-}
-
-static void table_remove(struct conn *c)
-{
-    struct conn_priv *p = c->priv;
-    htab_remove(&by_id, &p->id_node);
-    htab_remove(&by_addr, &p->addr_node);
-    struct ip_entry *e = p->ip;
-    if (e) {
-        e->n--;
-        if (!c->outgoing)
-            e->n_in--;
-        if (e->n == 0) {
-            htab_remove(&by_ip, &e->node);
-            free(e);
-        }
-        p->ip = NULL;
-    }
-    if (p->prev)
-        p->prev->priv->next = p->next;
-    else
-        all_head = p->next;
-    if (p->next)
-        p->next->priv->prev = p->prev;
-    p->prev = p->next = NULL;
-    nconns--;
 }
 
 /* After a graceful close the socket is shut for writing and handed to a linger: it reads
@@ -509,7 +198,7 @@ static int linger_start(int fd)
 }
 
 /* The first reason given for a close wins: it is what the events report. */
-static void set_why(struct conn *c, const char *why)
+void set_why(struct conn *c, const char *why)
 {
     if (!c->priv->why)
         c->priv->why = why;
@@ -626,7 +315,7 @@ static void close_now(struct conn *c)
 
 /* ----- the io watcher and the timer ----- */
 
-static void io_update(struct conn *c)
+void io_update(struct conn *c)
 {
     struct conn_priv *p = c->priv;
     int ev = 0;
@@ -703,7 +392,7 @@ static ev_tstamp next_deadline(const struct conn *c)
 /* Arms the timer for the next deadline. Lazy: a timer armed for an earlier moment is left
  * alone (it fires, finds nothing due and re-arms), so conn_touch on every message costs no
  * heap operation; only a deadline earlier than the armed one restarts it. */
-static void timer_update(struct conn *c)
+void timer_update(struct conn *c)
 {
     struct conn_priv *p = c->priv;
     ev_tstamp d = next_deadline(c);
@@ -790,7 +479,7 @@ static void broken(struct conn *c, const char *what, int err)
  * one sendmsg and queue only the rest. sip marks the end of a SIP message (for the
  * failed flag of on_close). Borrows a and b. Returns 0, -ENOBUFS (over CONN_OUT_MAX,
  * nothing queued), or -EPIPE (the connection broke; it is being closed). */
-static int out_add(struct conn *c, const void *a, size_t alen, const void *b, size_t blen, int sip)
+int out_add(struct conn *c, const void *a, size_t alen, const void *b, size_t blen, int sip)
 {
     struct conn_priv *p = c->priv;
     size_t total = alen + blen, done = 0;
@@ -856,13 +545,6 @@ static int out_add(struct conn *c, const void *a, size_t alen, const void *b, si
     return 0;
 }
 
-static void ws_control(struct conn *c, enum ws_opcode op, const void *data, size_t len)
-{
-    uint8_t hdr[10];
-    size_t hl = ws_frame_header(hdr, op, len);
-    out_add(c, hdr, hl, data, len, 0);
-}
-
 /* ----- closing ----- */
 
 /* CLOSING, not aborting: flushes (bounded by close_deadline); once the output is gone
@@ -897,7 +579,7 @@ static void closing_progress(struct conn *c)
 
 /* Starts a graceful close: a WebSocket close frame when ws_frame and the connection is an
  * open WebSocket, then closing_progress. Not yet open (connecting, handshaking): at once. */
-static void begin_close(struct conn *c, int ws_frame, uint16_t code, const char *reason)
+void begin_close(struct conn *c, int ws_frame, uint16_t code, const char *reason)
 {
     struct conn_priv *p = c->priv;
     if (c->state == CONN_CLOSING || c->state == CONN_CLOSED)
@@ -914,9 +596,7 @@ static void begin_close(struct conn *c, int ws_frame, uint16_t code, const char 
     set_why(c, reason ? reason : "closed by lunasip");
     p->msg_start = 0;
     if (ws_frame && was == CONN_OPEN && is_ws(c)) {
-        uint8_t f[127];
-        size_t n = ws_close_frame(f, code ? code : WS_CLOSE_NORMAL, reason);
-        if (out_add(c, f, n, NULL, 0, 0) == -EPIPE)
+        if (send_ws_close(c, code, reason) == -EPIPE)
             return;
     }
     closing_progress(c);
@@ -931,7 +611,7 @@ void conn_close(struct conn *c, uint16_t ws_code, const char *reason)
 
 /* ----- input: SIP over tcp/tls ----- */
 
-static void deliver(struct conn *c, const char *buf, size_t len)
+void deliver(struct conn *c, const char *buf, size_t len)
 {
     conn_touch(c);
     if (hooks.on_message) {
@@ -1012,147 +692,6 @@ static size_t process_sip(struct conn *c, const char *buf, size_t len)
             p->msg_start = now();
         }
         break;
-    }
-    return pos;
-}
-
-/* ----- input: WebSocket ----- */
-
-static int origin_allowed(struct sip_str o)
-{
-    if (!o.s)
-        return 0;
-    for (size_t i = 0; i < lim.norigins; i++)
-        if (strlen(lim.origins[i]) == o.len && memcmp(lim.origins[i], o.s, o.len) == 0)
-            return 1;
-    return 0;
-}
-
-static void ws_reject(struct conn *c, int code, const char *reason, const char *why)
-{
-    char out[512];
-    stats.ws_rejected++;
-    LOG_NOTICE("%s: WebSocket upgrade refused with %d: %s", c->priv->name, code, why);
-    set_why(c, "WebSocket upgrade refused");
-    long n = ws_http_reject(code, reason, NULL, out, sizeof(out));
-    if (n < 0)
-        n = ws_http_reject(code, NULL, NULL, out, sizeof(out));
-    if (n > 0 && out_add(c, out, (size_t)n, NULL, 0, 0) == -EPIPE)
-        return;
-    begin_close(c, 0, 0, NULL);
-}
-
-/* The opening handshake (RFC 6455 §4.2.1, RFC 7118 §4.1). Returns the head length once
- * accepted (the bytes after it are frames), 0 when more bytes are needed, -1 when the
- * connection is leaving (refused, closed by the hook). The sip subprotocol missing is
- * refused with 400: the request is well-formed HTTP but unusable for SIP (RFC 7118 §4.1
- * says the server must not complete the handshake); 426 would tell the client to change
- * its WebSocket version, which is not the problem. */
-static long process_upgrade(struct conn *c, char *buf, size_t len)
-{
-    struct conn_priv *p = c->priv;
-    long hl = ws_http_head_len(buf, len, WS_HEAD_MAX);
-    if (hl == 0)
-        return 0;
-    if (hl < 0) {
-        ws_reject(c, 431, NULL, "request head larger than 8192 bytes");
-        return -1;
-    }
-    struct ws_http_request req;
-    const char *why = "malformed request";
-    int code = ws_http_parse(buf, (size_t)hl, &req, &why);
-    if (code) {
-        ws_reject(c, code, NULL, why ? why : "malformed request");
-        return -1;
-    }
-    if (!ws_has_sip_protocol(&req)) {
-        ws_reject(c, 400, NULL, "the sip WebSocket subprotocol is required (RFC 7118)");
-        return -1;
-    }
-    if (lim.origins_set && !origin_allowed(req.origin)) {
-        char w[200];
-        snprintf(w, sizeof(w), "origin '%.*s' not in websocket.allowed_origins", req.origin.s ? (int)req.origin.len : 0,
-                 req.origin.s ? req.origin.s : "");
-        ws_reject(c, 403, NULL, w);
-        return -1;
-    }
-    if (hooks.on_ws_upgrade) {
-        const char *reason = NULL;
-        conn_ref(c);
-        int st = hooks.on_ws_upgrade(c, &req, &reason);
-        int gone = c->state != CONN_WS_UPGRADE;
-        conn_unref(c);
-        if (gone)
-            return -1;
-        if (st != 0) {
-            if (st < 400 || st > 599) {
-                st = 500;
-                reason = NULL;
-            }
-            ws_reject(c, st, reason, "refused by WebSocketEvents.on_connection");
-            return -1;
-        }
-    }
-    char out[512];
-    long n = ws_http_accept(&req, out, sizeof(out));
-    if (n < 0) {
-        ws_reject(c, 500, NULL, "cannot build the 101 answer");
-        return -1;
-    }
-    if (out_add(c, out, (size_t)n, NULL, 0, 0) != 0)
-        return -1;
-    stats.ws_upgrades++;
-    ws_parser_init(&p->wsp, lim.ws_max_frame, lim.ws_max_msg);
-    p->wsp_init = 1;
-    LOG_DEBUG("%s: WebSocket upgraded", p->name);
-    set_open(c);
-    return c->state == CONN_OPEN ? hl : -1;
-}
-
-/* Frames after the upgrade (RFC 6455 §5): one SIP message per WebSocket message (RFC 7118
- * §5), pings answered, the peer's close echoed (§5.5.1), protocol errors closed with
- * their code (§7.4.1). Returns bytes consumed. */
-static size_t process_ws(struct conn *c, char *buf, size_t len)
-{
-    struct conn_priv *p = c->priv;
-    size_t pos = 0;
-    while (c->state == CONN_OPEN && pos < len) {
-        struct ws_result r;
-        size_t n = ws_parse(&p->wsp, (uint8_t *)buf + pos, len - pos, &r);
-        pos += n;
-        switch (r.ev) {
-        case WS_EV_NONE:
-            if (n == 0)
-                return pos;
-            break;
-        case WS_EV_MESSAGE:
-            deliver(c, (const char *)r.data, r.len);
-            break;
-        case WS_EV_PING:
-            conn_touch(c);
-            ws_control(c, WS_OP_PONG, r.data, r.len);
-            break;
-        case WS_EV_PONG:
-            p->pong_wait = 0;
-            break;
-        case WS_EV_CLOSE: {
-            uint16_t code = (r.code == 0 || r.code == WS_CLOSE_NO_STATUS) ? WS_CLOSE_NORMAL : r.code;
-            p->client_closed = 1;
-            p->ws_code = r.code ? r.code : WS_CLOSE_NO_STATUS;
-            set_why(c, "closed by the peer");
-            LOG_DEBUG("%s: WebSocket close %u from the peer", p->name, (unsigned)r.code);
-            begin_close(c, 1, code, NULL);
-            return len;
-        }
-        case WS_EV_ERROR:
-            stats.ws_protocol_errors++;
-            if (r.code == WS_CLOSE_TOO_BIG)
-                stats.conn_oversized++;
-            LOG_NOTICE("closing %s: WebSocket %u: %s", p->name, (unsigned)r.code, r.why ? r.why : "protocol error");
-            set_why(c, r.why ? r.why : "WebSocket protocol error");
-            begin_close(c, 1, r.code ? r.code : WS_CLOSE_PROTOCOL, NULL);
-            return len;
-        }
     }
     return pos;
 }
@@ -1340,7 +879,7 @@ static void read_input(struct conn *c)
 
 /* ----- opening ----- */
 
-static void set_open(struct conn *c)
+void set_open(struct conn *c)
 {
     struct conn_priv *p = c->priv;
     ev_tstamp t = now();
@@ -1365,15 +904,7 @@ static void set_open(struct conn *c)
     conn_unref(c);
 }
 
-static void enter_ws_upgrade(struct conn *c)
-{
-    c->state = CONN_WS_UPGRADE;
-    c->priv->t_state = now(); /* header_timeout: the upgrade request must come in time */
-    io_update(c);
-    timer_update(c);
-}
-
-static void tls_failed(struct conn *c, const char *why)
+void tls_failed(struct conn *c, const char *why)
 {
     struct conn_priv *p = c->priv;
     stats.tls_handshake_failed++;
@@ -1550,11 +1081,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
             close_now(c);
         } else if (is_ws(c) && !p->pong_wait &&
                    t >= (p->last_rx > p->last_ping ? p->last_rx : p->last_ping) + lim.ws_ka) {
-            stats.ws_pings_sent++;
-            p->last_ping = now();
-            p->pong_wait = 1;
-            p->pong_deadline = p->last_ping + lim.ws_pong;
-            ws_control(c, WS_OP_PING, "lunasip", 7);
+            send_ws_ping(c);
         }
         break;
     case CONN_CLOSING:
@@ -1574,8 +1101,8 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* Allocates a connection on fd (owned from now on) to/from remote and enters it in the
  * table. Returns NULL (fd closed) when out of memory. */
-static struct conn *conn_new(int fd, enum sip_transport tp, int outgoing, const struct sockaddr *remote,
-                             socklen_t rlen, struct listener *l)
+struct conn *conn_new(int fd, enum sip_transport tp, int outgoing, const struct sockaddr *remote, socklen_t rlen,
+                      struct listener *l)
 {
     struct conn_block *b = calloc(1, sizeof(*b));
     if (!b) {
@@ -1612,215 +1139,6 @@ static struct conn *conn_new(int fd, enum sip_transport tp, int outgoing, const 
         return NULL;
     }
     return c;
-}
-
-/* ----- listeners ----- */
-
-static void refuse(struct slistener *sl, int fd, const char *ip, const char *why, ev_tstamp *log_at)
-{
-    struct linger lg = { 1, 0 }; /* reset: no TIME_WAIT left behind by a flood */
-    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-    close(fd);
-    stats.conn_refused_limit++;
-    ev_tstamp t = now();
-    if (!*log_at || t - *log_at >= CONN_LOG_EVERY) {
-        *log_at = t;
-        LOG_WARN("%s: refusing connections from %s: %s (logged once a minute)", sl->l.name, ip, why);
-    }
-}
-
-static void accept_one(struct slistener *sl, int fd, const struct sockaddr *sa, socklen_t salen)
-{
-    char ip[64];
-    int port;
-    if (sockaddr_ip_port(sa, ip, sizeof(ip), &port) != 0)
-        strcpy(ip, "?");
-    if (nconns >= lim.max_conns) {
-        char why[80];
-        snprintf(why, sizeof(why), "sip.max_connections (%zu) reached", lim.max_conns);
-        refuse(sl, fd, ip, why, &total_refused_log_at);
-        return;
-    }
-    struct addr_key ik;
-    uint64_t ih;
-    ip_key_of(sa, salen, &ik, &ih);
-    struct ip_entry *e = ip_find(&ik, ih);
-    if (e && e->n_in >= lim.max_per_ip) {
-        char why[80];
-        snprintf(why, sizeof(why), "sip.max_connections_per_ip (%zu) reached", lim.max_per_ip);
-        refuse(sl, fd, ip, why, &e->refused_log_at);
-        return;
-    }
-    enum sip_transport tp = sl->l.transport;
-    if ((tp == SIP_TP_TLS || tp == SIP_TP_WSS) && !g_tls) {
-        close(fd);
-        if (!tls_missing_log_at || now() - tls_missing_log_at >= CONN_LOG_EVERY) {
-            tls_missing_log_at = now();
-            LOG_ERROR("%s: no TLS context configured: closing connections", sl->l.name);
-        }
-        return;
-    }
-    struct conn *c = conn_new(fd, tp, 0, sa, salen, &sl->l);
-    if (!c) {
-        LOG_WARN("%s: out of memory accepting from %s", sl->l.name, ip);
-        return;
-    }
-    stats.conn_accepted++;
-    LOG_DEBUG("%s: accepted", c->priv->name);
-    switch (tp) {
-    case SIP_TP_TLS:
-    case SIP_TP_WSS:
-        c->tls = tls_session_server(g_tls, c->priv->fd);
-        if (!c->tls) {
-            tls_failed(c, "out of memory");
-            return;
-        }
-        c->state = CONN_TLS;
-        c->priv->t_state = now();
-        c->priv->hs_want = EV_READ;
-        io_update(c);
-        timer_update(c);
-        break;
-    case SIP_TP_WS:
-        enter_ws_upgrade(c);
-        break;
-    default:
-        set_open(c);
-        break;
-    }
-}
-
-static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
-{
-    struct slistener *sl = w->data;
-    for (int i = 0; i < CONN_ACCEPT_BATCH; i++) {
-        struct sockaddr_storage ss;
-        socklen_t slen = sizeof(ss);
-        int fd = accept4(sl->l.fd, (struct sockaddr *)&ss, &slen, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd == -1) {
-            int e = errno;
-            if (e == EINTR || e == ECONNABORTED || e == EPROTO || e == ENETDOWN || e == ENOPROTOOPT ||
-                e == EHOSTDOWN || e == ENONET || e == EHOSTUNREACH || e == EOPNOTSUPP || e == ENETUNREACH)
-                continue; /* accept(2): errors of that connection; the next may be fine */
-            if (e == EAGAIN || e == EWOULDBLOCK)
-                return;
-            /* EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection stays in the backlog and the
-             * socket stays readable; pause rather than spin on it */
-            ev_tstamp t = ev_now(loop);
-            if (!sl->emfile_log_at || t - sl->emfile_log_at >= CONN_LOG_EVERY) {
-                sl->emfile_log_at = t;
-                LOG_WARN("%s: accept: %s: pausing for %g s (logged once a minute)", sl->l.name, strerror(e),
-                         CONN_ACCEPT_PAUSE);
-            }
-            ev_io_stop(loop, &sl->l.io);
-            ev_timer_set(&sl->pause, CONN_ACCEPT_PAUSE, 0.);
-            ev_timer_start(loop, &sl->pause);
-            return;
-        }
-        accept_one(sl, fd, (struct sockaddr *)&ss, slen);
-    }
-}
-
-static void on_accept_resume(struct ev_loop *loop, ev_timer *w, int revents)
-{
-    struct slistener *sl = w->data;
-    if (!sl->stopped)
-        ev_io_start(loop, &sl->l.io);
-}
-
-int conn_listen(struct ev_loop *loop, const struct config_listen *cl, struct listener **out, char *err,
-                size_t errlen)
-{
-    enum sip_transport tp;
-    switch (cl->proto) {
-    case CONFIG_LISTEN_TCP: tp = SIP_TP_TCP; break;
-    case CONFIG_LISTEN_TLS: tp = SIP_TP_TLS; break;
-    case CONFIG_LISTEN_WS: tp = SIP_TP_WS; break;
-    case CONFIG_LISTEN_WSS: tp = SIP_TP_WSS; break;
-    default:
-        snprintf(err, errlen, "%s: not a stream transport", cl->text);
-        return -EINVAL;
-    }
-    if (!g_loop)
-        conn_init(loop);
-    struct slistener *sl = calloc(1, sizeof(*sl));
-    if (!sl) {
-        snprintf(err, errlen, "%s: out of memory", cl->text);
-        return -ENOMEM;
-    }
-    struct listener *l = &sl->l;
-    struct sip_str host = { cl->host, strlen(cl->host) };
-    l->transport = tp;
-    l->family = cl->family;
-    if (sockaddr_from_ip(host, cl->port, &l->addr, &l->addrlen) != 0 || l->addr.ss_family != cl->family) {
-        snprintf(err, errlen, "%s: not an IP address", cl->text);
-        free(sl);
-        return -EINVAL;
-    }
-    const char *what = "socket";
-    int one = 1;
-    l->fd = socket(cl->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (l->fd == -1)
-        goto fail;
-    setsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (cl->family == AF_INET6)
-        setsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-    what = "bind";
-    if (bind(l->fd, (struct sockaddr *)&l->addr, l->addrlen) == -1)
-        goto fail;
-    what = "listen";
-    if (listen(l->fd, 1024) == -1)
-        goto fail;
-    what = "getsockname";
-    l->addrlen = sizeof(l->addr);
-    if (getsockname(l->fd, (struct sockaddr *)&l->addr, &l->addrlen) == -1)
-        goto fail;
-    sockaddr_ip_port((struct sockaddr *)&l->addr, l->host, sizeof(l->host), &l->port);
-    snprintf(l->name, sizeof(l->name), cl->family == AF_INET6 ? "%s:[%s]:%d" : "%s:%s:%d", sip_transport_name(tp),
-             l->host, l->port);
-    ev_io_init(&l->io, on_accept, l->fd, EV_READ);
-    l->io.data = sl;
-    ev_timer_init(&sl->pause, on_accept_resume, 0., 0.);
-    sl->pause.data = sl;
-    ev_io_start(loop, &l->io);
-    sl->next = listeners;
-    listeners = sl;
-    *out = l;
-    return 0;
-
-fail: {
-        int e = errno;
-        snprintf(err, errlen, "%s: %s: %s", cl->text, what, strerror(e));
-        if (l->fd != -1)
-            close(l->fd);
-        free(sl);
-        return -e;
-    }
-}
-
-void conn_listener_stop(struct ev_loop *loop, struct listener *l)
-{
-    struct slistener *sl = (struct slistener *)l;
-    sl->stopped = 1;
-    ev_io_stop(loop, &l->io);
-    ev_timer_stop(loop, &sl->pause);
-}
-
-void conn_listener_close(struct ev_loop *loop, struct listener *l)
-{
-    struct slistener *sl = (struct slistener *)l;
-    conn_listener_stop(loop, l);
-    for (struct slistener **pp = &listeners; *pp; pp = &(*pp)->next)
-        if (*pp == sl) {
-            *pp = sl->next;
-            break;
-        }
-    /* connections keep no dangling pointer to it */
-    for (struct conn *c = all_head; c; c = c->priv->next)
-        if (c->listener == l)
-            c->listener = NULL;
-    close(l->fd);
-    free(sl);
 }
 
 /* ----- the public operations ----- */
@@ -1887,40 +1205,6 @@ void conn_configure(const struct config *cfg, struct tls_ctx *tls)
     }
 }
 
-struct conn *conn_get(uint64_t id)
-{
-    uint64_t h = mix64(id ^ hash_seed);
-    for (struct hnode *n = htab_first(&by_id, h); n; n = n->next) {
-        struct conn_priv *p = container_of(n, struct conn_priv, id_node);
-        if (n->h == h && p->pub->id == id)
-            return p->pub->state == CONN_CLOSED ? NULL : p->pub;
-    }
-    return NULL;
-}
-
-struct conn *conn_find(enum sip_transport tp, const struct sockaddr *dst, socklen_t dstlen)
-{
-    struct addr_key k;
-    if (addr_key_of(dst, dstlen, tp, 1, &k) != 0)
-        return NULL;
-    uint64_t h = hash_bytes(&k, sizeof(k));
-    struct conn *best = NULL;
-    for (struct hnode *n = htab_first(&by_addr, h); n; n = n->next) {
-        struct conn_priv *p = container_of(n, struct conn_priv, addr_node);
-        struct conn *c = p->pub;
-        if (n->h != h || memcmp(&p->akey, &k, sizeof(k)) != 0)
-            continue;
-        if (c->state == CONN_CLOSING || c->state == CONN_CLOSED)
-            continue;
-        if (!c->outgoing && c->state != CONN_OPEN)
-            continue; /* an accepted one carries SIP only once open */
-        if (!best || p->last_used > best->priv->last_used ||
-            (p->last_used == best->priv->last_used && c->id > best->id))
-            best = c;
-    }
-    return best;
-}
-
 int conn_connect(enum sip_transport tp, const struct sockaddr *dst, socklen_t dstlen, const char *tls_name,
                  struct conn **out)
 {
@@ -1950,12 +1234,7 @@ int conn_connect(enum sip_transport tp, const struct sockaddr *dst, socklen_t ds
         return -e;
     }
     /* the Via sent-by: a listener of the same transport and family */
-    struct listener *l = NULL;
-    for (struct slistener *sl = listeners; sl; sl = sl->next)
-        if (sl->l.transport == tp && sl->l.family == dst->sa_family) {
-            l = &sl->l;
-            break;
-        }
+    struct listener *l = listener_find(tp, dst->sa_family);
     struct conn *c = conn_new(fd, tp, 1, dst, dstlen, l);
     if (!c)
         return -ENOMEM;
@@ -2000,9 +1279,7 @@ int conn_send(struct conn *c, const char *buf, size_t len)
     conn_touch(c);
     int r;
     if (is_ws(c)) {
-        uint8_t hdr[10];
-        size_t hl = ws_frame_header(hdr, WS_OP_TEXT, len);
-        r = out_add(c, hdr, hl, buf, len, 1);
+        r = send_ws_text(c, buf, len);
     } else {
         r = out_add(c, buf, len, NULL, 0, 1);
     }
@@ -2021,29 +1298,6 @@ void conn_touch(struct conn *c)
 {
     if (c && c->state != CONN_CLOSED)
         c->priv->last_used = now();
-}
-
-size_t conn_count(void)
-{
-    return nconns;
-}
-
-size_t conn_count_ip(const struct sockaddr *addr)
-{
-    struct addr_key k;
-    uint64_t h;
-    socklen_t len = addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-    ip_key_of(addr, len, &k, &h);
-    struct ip_entry *e = ip_find(&k, h);
-    return e ? e->n : 0;
-}
-
-void conn_foreach(void (*fn)(struct conn *c, void *arg), void *arg)
-{
-    for (struct conn *c = all_head, *next; c; c = next) {
-        next = c->priv->next;
-        fn(c, arg);
-    }
 }
 
 size_t conn_shutdown(void)
@@ -2070,9 +1324,7 @@ void conn_shutdown_now(void)
         linger_end(lingers);
     if (g_loop)
         ev_prepare_stop(g_loop, &reaper);
-    htab_free(&by_id);
-    htab_free(&by_addr);
-    htab_free(&by_ip);
+    table_free();
     free_origins();
     if (g_tls)
         tls_ctx_unref(g_tls);

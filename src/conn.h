@@ -34,7 +34,7 @@ enum conn_state {
     CONN_CLOSED,         /* gone from the table; the struct lives until its last ref */
 };
 
-/* The public part of a connection. Read-only outside conn.c. */
+/* The public part of a connection. Read-only outside src/conn*.c. */
 struct conn {
     uint64_t id;                     /* unique for the process's life, never 0 */
     enum sip_transport transport;    /* SIP_TP_TCP, _TLS, _WS or _WSS */
@@ -52,7 +52,7 @@ struct conn {
                                       * callback_on_server_tls_handshake = false, so
                                       * SipEvents.on_server_tls_handshake is not run */
     void *tls;                       /* struct tls_session * while TLS runs, else NULL */
-    /* the rest is private to conn.c */
+    /* the rest is private to src/conn*.c */
     struct conn_priv *priv;
 };
 

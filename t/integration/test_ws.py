@@ -124,7 +124,7 @@ def test_ws_upgrade_refusals(t):
     inst = start(t)
     cases = [
         # what, handshake kwargs, accepted statuses, a header the answer must carry
-        # src/conn.c documents 400 for a missing sip subprotocol (426 would ask for another
+        # src/conn_ws.c documents 400 for a missing sip subprotocol (426 would ask for another
         # WebSocket version, which is not the problem)
         ("without Sec-WebSocket-Protocol", dict(protocol=None), (400,), None),
         ("with Sec-WebSocket-Protocol: chat only", dict(protocol="chat"), (400,), None),
