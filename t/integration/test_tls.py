@@ -370,7 +370,11 @@ function SipEvents.on_request(req)
   p:on_error(function(status, reason, code)
     lunasip.log.notice("MARK error %s %s", tostring(status), tostring(code))
   end)
-  p:route(req, "127.0.0.1", @PORT@, "tls")
+  if req:header("X-Sips") then
+    p:route(req)            -- by the R-URI: sips: leaves over TLS (RFC 3261 §26.2)
+  else
+    p:route(req, "127.0.0.1", @PORT@, "tls")
+  end
 end
 function SipEvents.on_server_tls_handshake(conn, pems)
   local ids = pems[1] and table.concat(lunasip.tls.sip_identities(pems[1]) or {}, ",") or "none"
@@ -427,5 +431,19 @@ def test_tls_outgoing_server_handshake_callback(t):
         else:
             t.eq(r.status if r else None, 200, "nocb: answer through the TLS hop")
             t.eq(marks, [], "nocb: on_server_tls_handshake ran despite callback_on_server_tls_handshake = false")
+            # a sips: Request-URI with no explicit destination goes over TLS (the connection
+            # already open to that address is reused)
+            m = request("OPTIONS", "sips:probe@127.0.0.1:%d" % port, via=(peer.host, peer.port),
+                        extra=["X-Profile: nocb", "X-Sips: 1"])
+            peer.send(m, b.addr4)
+            r3 = None
+            end = time.monotonic() + 6
+            while time.monotonic() < end:
+                r3 = peer.recv_response(m, timeout=max(end - time.monotonic(), 0.01))
+                if r3 is None or r3.status >= 200:
+                    break
+            t.eq(r3.status if r3 else None, 200, "sips: R-URI routed over TLS")
+            if r3 is not None:
+                t.eq(r3.header("X-Transport"), "tls", "transport the server saw for the sips: request")
         lsip.no_error_log(t, b)
     lsip.no_error_log(t, a)
