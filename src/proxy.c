@@ -1,10 +1,11 @@
-/* The proxy core: stateful routing for lunasip.Proxy and lunasip.Uac (RFC 3261 §16).
- * Request forwarding (§16.6: Max-Forwards, Record-Route/Path, Via with a loop-detecting
- * branch, RFC 3581 received/rport on the upstream Via), serial failover over the targets
+/* The proxy core: stateful routing for lunasip.Proxy and lunasip.Uac (RFC 3261 §16), the
+ * state machine of a routing: loop detection (§16.3 step 4), serial failover over the targets
  * of a destination with a blacklist, response processing (§16.7: 100 absorbed, 503 → next
- * target or 500, the Lua callbacks, RFC 6228 199), CANCEL (§16.10) and Timer C (§16.8),
- * and the stateless paths: 2xx ACKs (§16.11) and responses matching no transaction. */
+ * target or 500, the Lua callbacks, RFC 6228 199), CANCEL (§16.10) and Timer C (§16.8), and the
+ * stateless paths: 2xx ACKs (§16.11) and responses matching no transaction. The forwarded
+ * request itself (§16.6: Max-Forwards, Via, Record-Route/Path) is built in src/proxy_out.c. */
 #include "proxy.h"
+#include "proxy_int.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -28,72 +29,7 @@
 #include "txn.h"
 #include "udp.h"
 
-/* An IP destination is one target. The RFC 3263 lists DNS brings will be allocated per
- * routing; until then every routing has one target and serial failover happens through
- * on_failure_response / on_error re-routing. */
-#define PROXY_MAX_TARGETS 1
-#define PROXY_DEFAULT_MAX_FORWARDS 70
-
-struct target {
-    enum sip_transport transport;
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
-    char ip[48];                 /* INET6_ADDRSTRLEN */
-    int port;
-    uint64_t conn_id;            /* a stream flow named by a Route flow token (src/flow.h) */
-    uint8_t udp_flow;            /* a UDP flow named by a token: send from local */
-    struct sockaddr_storage local;
-};
-
-enum ctx_kind {
-    CTX_PROXY = 0, /* a received request, with its server transaction */
-    CTX_ACK,       /* the ACK of a 2xx: forwarded statelessly */
-    CTX_UAC,       /* a request lunasip originates */
-};
-
-/* One routing: from lunasip_proxy_route / lunasip_uac_route until both transactions are
- * gone and Lua has been told "done". Holds a reference on its request and on the Lua
- * state that routed it (its callbacks run there even after a reload). */
-struct pctx {
-    uint32_t id;
-    enum ctx_kind kind;
-    enum sip_method method;      /* of req, which goes early after a 2xx to an INVITE */
-    struct lvm *vm;
-    struct sip_msg *req;
-    struct txn *st;              /* PROXY: the server transaction (we are its user) */
-    struct txn *ct;              /* the current client transaction */
-
-    /* the profile, copied when the routing starts */
-    uint8_t do_rr, rr_all, use_blacklist, failover_503, server_tls_cb;
-    int blacklist_time;
-    uint32_t timer_B, timer_C, timer_F;
-
-    struct target targets[PROXY_MAX_TARGETS];
-    int ntargets, cur;
-    int err_status;              /* a failure found when routing was registered */
-    const char *err_reason, *err_code;
-
-    uint8_t canceled;
-    uint8_t final_sent;          /* a final response went upstream (or was given up) */
-    uint8_t lua_done;            /* "done" delivered */
-    uint8_t timer_c_fired;
-    uint8_t success_seen;
-    uint8_t early;               /* the current branch forwarded a provisional with a To tag */
-    uint8_t wants_199;           /* the INVITE announced Supported/Require: 199 */
-    uint8_t queued;
-    char loop8[9];               /* PROXY: the loop-detection part of our branches */
-    uint8_t in_final_cb;
-    uint8_t handed_over;         /* another routing took the request over */
-    struct sip_msg *cur_failure; /* the failure being shown to on_failure_response */         /* on_failure_response / on_error running: may re-route */
-    unsigned events;             /* LAPI_EV_* delivered to Lua */
-    int busy;                    /* > 0 while a callback runs: frees are deferred */
-    struct pctx *next_pending;
-    struct pctx *all_next, **all_pprev; /* every live context, for the forced shutdown */
-};
-
 static const struct config_proxies *profiles;
-static struct listener *listeners;
-static const char *advertised;
 static struct pctx *pending_head, *pending_tail;
 static struct pctx *all_ctx;
 static struct pctx *dispatching;  /* the ctx whose Lua callback is running */
@@ -169,54 +105,6 @@ static int bl_add(const struct target *t, int seconds, int status, const char *r
 void proxy_set_profiles(const struct config_proxies *p)
 {
     profiles = p;
-}
-
-void proxy_set_listeners(struct listener *list, const char *adv)
-{
-    listeners = list;
-    advertised = adv;
-}
-
-/* The listener to send from towards a family over a transport: the one the request came
- * on when it fits. For a stream transport with no listener of its own (an outgoing TCP
- * connection from a lunasip that only listens on UDP), any listener of the family names
- * us in Via and Record-Route. */
-static struct listener *listener_for_tp(int family, enum sip_transport tp, struct listener *prefer)
-{
-    if (prefer && prefer->family == family && prefer->transport == tp)
-        return prefer;
-    for (struct listener *l = listeners; l; l = l->next)
-        if (l->family == family && l->transport == tp)
-            return l;
-    if (tp != SIP_TP_UDP)
-        for (struct listener *l = listeners; l; l = l->next)
-            if (l->family == family)
-                return l;
-    return NULL;
-}
-
-static struct listener *listener_for(int family, struct listener *prefer)
-{
-    return listener_for_tp(family, SIP_TP_UDP, prefer);
-}
-
-static const char *via_transport(enum sip_transport tp)
-{
-    switch (tp) {
-    case SIP_TP_TCP: return "TCP";
-    case SIP_TP_TLS: return "TLS";
-    case SIP_TP_WS: return "WS";
-    case SIP_TP_WSS: return "WSS";
-    default: return "UDP";
-    }
-}
-
-/* "host:port" of a listener as it goes into Via, Record-Route and Path. */
-static int local_hostport(const struct listener *l, char *out, size_t cap)
-{
-    if (advertised)
-        return snprintf(out, cap, "%s:%d", advertised, l->port);
-    return snprintf(out, cap, l->family == AF_INET6 ? "[%s]:%d" : "%s:%d", l->host, l->port);
 }
 
 /* ----- contexts ----- */
@@ -564,202 +452,6 @@ static int is_loop(struct sip_msg *m, const char *hash8)
     return 0;
 }
 
-/* RFC 3261 §18.2.1 and RFC 3581 §4: received (and rport's value) on the top Via. */
-static int fix_upstream_via(struct sip_msg *m)
-{
-    char ip[64];
-    int port = 0;
-    if (sockaddr_ip_port((const struct sockaddr *)&m->src, ip, sizeof(ip), &port) != 0)
-        return 0;
-    const struct sip_via *v = &m->via1;
-    struct sip_str host = v->host;
-    if (host.len > 2 && host.s[0] == '[') {
-        host.s++;
-        host.len -= 2;
-    }
-    int need_received = !(host.len == strlen(ip) && strncasecmp(host.s, ip, host.len) == 0);
-    /* a WebSocket client's Via names no reachable address (RFC 7118 §5: often a .invalid
-     * host): received and rport always, so responses and requests find its connection */
-    int ws = m->transport == SIP_TP_WS || m->transport == SIP_TP_WSS;
-    if (!need_received && !v->has_rport && !ws)
-        return 0;
-    int i = sip_msg_hdr_find_id(m, SIP_HDR_VIA, 0);
-    if (i < 0)
-        return 0;
-    struct sip_str hv = sip_msg_hdr_value(m, (uint32_t)i), item;
-    const char *p = hv.s, *end = hv.s + hv.len;
-    if (sip_list_next(&p, end, &item) != 1)
-        return 0;
-    char buf[2048];
-    size_t n = 0;
-    size_t head = v->params.len ? (size_t)(v->params.s - item.s) : item.len; /* up to the first param */
-    if (head > item.len || head + 200 > sizeof(buf))
-        return 0;
-    if (v->params.len)
-        head--; /* the ';' before the params */
-    memcpy(buf, item.s, head);
-    n = head;
-    const char *pp = v->params.s, *pend = v->params.s + v->params.len;
-    struct sip_str pn, pv;
-    while (v->params.len && sip_param_next(&pp, pend, &pn, &pv) == 1) {
-        if (sip_str_casecmp(pn, "received") == 0)
-            continue;
-        if (sip_str_casecmp(pn, "rport") == 0) {
-            n += (size_t)snprintf(buf + n, sizeof(buf) - n, ";rport=%d", port);
-            continue;
-        }
-        if (n + pn.len + pv.len + 2 >= sizeof(buf) - 100)
-            return 0;
-        buf[n++] = ';';
-        memcpy(buf + n, pn.s, pn.len);
-        n += pn.len;
-        if (pv.s) {
-            buf[n++] = '=';
-            memcpy(buf + n, pv.s, pv.len);
-            n += pv.len;
-        }
-    }
-    n += (size_t)snprintf(buf + n, sizeof(buf) - n, ";received=%s", ip);
-    if (ws && !v->has_rport)
-        n += (size_t)snprintf(buf + n, sizeof(buf) - n, ";rport=%d", port);
-    /* the rest of this Via line, when it lists more via-parms */
-    struct sip_str rest = sip_str_trim((struct sip_str){ p, (uint32_t)(end - p) });
-    if (rest.len && rest.s[0] == ',') {
-        if (n + rest.len + 2 >= sizeof(buf))
-            return 0;
-        memcpy(buf + n, ", ", 2);
-        n += 2;
-        rest = sip_str_trim((struct sip_str){ rest.s + 1, rest.len - 1 });
-        memcpy(buf + n, rest.s, rest.len);
-        n += rest.len;
-    }
-    if (sip_msg_hdr_delete(m, "Via", 3, 1) < 0)
-        return -1;
-    return sip_msg_hdr_insert(m, "Via", 3, buf, n);
-}
-
-/* Edits done once per routing: Max-Forwards (§16.6 step 3) and the upstream Via. */
-static int prepare(struct pctx *c)
-{
-    struct sip_msg *m = c->req;
-    if (m->proxied)
-        return 0;
-    m->proxied = 1;
-    if (c->kind == CTX_UAC)
-        return 0;
-    if (fix_upstream_via(m) < 0)
-        return -ENOMEM;
-    if (m->max_forwards_final)
-        return 0; /* the script's check_max_forwards set the outgoing value */
-    char mf[16];
-    int n, cur = sip_msg_max_forwards(m);
-    if (cur < 0)
-        n = snprintf(mf, sizeof(mf), "%d", PROXY_DEFAULT_MAX_FORWARDS);
-    else
-        n = snprintf(mf, sizeof(mf), "%d", cur > 0 ? cur - 1 : 0);
-    struct sip_str v = { mf, (uint32_t)n };
-    return sip_msg_hdr_set(m, "Max-Forwards", 12, &v, 1) < 0 ? -ENOMEM : 0;
-}
-
-/* Whether this request gets Record-Route (or Path for REGISTER) from us. */
-static int wants_rr(struct pctx *c)
-{
-    struct sip_msg *m = c->req;
-    if (c->kind != CTX_PROXY || !c->do_rr)
-        return 0;
-    if (c->rr_all || m->method == SIP_METHOD_NOTIFY) /* RFC 6665 §4.3: in-dialog NOTIFY too */
-        return 1;
-    if (m->to.tag.len)
-        return 0;
-    switch (m->method) {
-    case SIP_METHOD_INVITE: case SIP_METHOD_SUBSCRIBE: case SIP_METHOD_REFER: case SIP_METHOD_REGISTER:
-        return 1;
-    default:
-        return 0;
-    }
-}
-
-/* One Record-Route or Path line naming us, with a flow token as user part when given
- * (RFC 5626 §5.3, with ";ob"). */
-static size_t rr_line(char *buf, size_t cap, const char *name, const char *tok, const char *hp,
-                      enum sip_transport tp)
-{
-    int t = tok && tok[0];
-    if (t)
-        stats.flow_tokens_sent++;
-    return (size_t)snprintf(buf, cap, "%s: <sip:%s%s%s;transport=%s;lr%s>\r\n", name, t ? tok : "", t ? "@" : "", hp,
-                            sip_transport_name(tp), t ? ";ob" : "");
-}
-
-/* Builds the bytes for one target: the request with its edits, and right after the start
- * line our Via and our Record-Route/Path line(s). Two lines when the transport or IP family
- * changes (RFC 5658), or when both sides are flows: the line facing the client carries the
- * flow token of its connection when it came over a WebSocket or asked for Outbound
- * (RFC 5626), the line facing the target the token of the flow it goes over (out_token).
- * Returns the length, or -1. */
-static long build_request(struct pctx *c, struct listener *out_l, enum sip_transport out_tp, const char *out_token,
-                          const char *branch, char **bufp)
-{
-    struct sip_msg *m = c->req;
-    size_t cap = (size_t)m->len + 2048;
-    char *ser = NULL, *buf = NULL;
-    long sn = -1;
-    /* the script's edits may have grown the message: retry larger, up to what a datagram
-     * (or a stream message of sip.max_message_size) could ever carry */
-    while (sn < 0 && cap <= 262144) {
-        char *n2 = realloc(ser, cap);
-        if (!n2)
-            break;
-        ser = n2;
-        sn = sip_msg_serialize(m, ser, cap);
-        cap *= 2;
-    }
-    const char *eol = sn > 0 ? memchr(ser, '\n', (size_t)sn) : NULL;
-    if (eol)
-        buf = malloc((size_t)sn + 1024); /* + our Via and up to two Record-Route/Path lines */
-    size_t total = (size_t)sn + 1024;
-    if (!eol || !buf) {
-        free(ser);
-        free(buf);
-        return -1;
-    }
-    size_t start = (size_t)(eol + 1 - ser);
-    char hp[128];
-    local_hostport(out_l, hp, sizeof(hp));
-    size_t n = 0;
-    memcpy(buf, ser, start);
-    n = start;
-    n += (size_t)snprintf(buf + n, total - n, "Via: SIP/2.0/%s %s;branch=%s\r\n", via_transport(out_tp), hp,
-                          branch);
-    if (wants_rr(c)) {
-        /* RFC 3327 §5.2: Path only for a UA that announced support for it */
-        int reg = m->method == SIP_METHOD_REGISTER;
-        const char *name = reg ? "Path" : "Record-Route";
-        struct listener *in_l = m->listener;
-        if (!reg || sip_msg_has_option_tag(m, SIP_HDR_SUPPORTED, "path")) {
-            char in_tok[FLOW_TOKEN_MAX + 1] = "";
-            if (m->transport == SIP_TP_WS || m->transport == SIP_TP_WSS || flow_outbound_requested(m)) {
-                struct flow f;
-                flow_of_msg(m, &f);
-                flow_token(&f, in_tok);
-            }
-            int out_t = out_token && out_token[0];
-            int dbl = (in_l && (in_l->family != out_l->family || m->transport != out_tp)) || (in_tok[0] && out_t);
-            n += rr_line(buf + n, total - n, name, dbl ? out_token : in_tok[0] ? in_tok : out_token, hp, out_tp);
-            if (dbl) {
-                char ihp[128];
-                local_hostport(in_l ? in_l : out_l, ihp, sizeof(ihp));
-                n += rr_line(buf + n, total - n, name, in_tok, ihp, m->transport);
-            }
-        }
-    }
-    memcpy(buf + n, ser + start, (size_t)sn - start);
-    n += (size_t)sn - start;
-    free(ser);
-    *bufp = buf;
-    return (long)n;
-}
-
 /* SPEC §5.5 tm:local-request: a request lunasip generated (a Uac request, a CANCEL). */
 static void raise_local_request(struct sip_msg *m, const char *method)
 {
@@ -781,83 +473,6 @@ static void raise_local_request(struct sip_msg *m, const char *method)
     if (!method)
         p[0] = (struct evi_param)EVI_STRN("method", m->method_str.s, m->method_str.len);
     evi_raise_core("tm:local-request", p, 5);
-}
-
-static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-    if (a->ss_family != b->ss_family)
-        return 0;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
-}
-
-/* Where a target goes out: the listener that names us in Via and Record-Route, the
- * connection for a stream transport (the flow a token named; else one to the address,
- * reused, else a new tcp/tls one: lunasip never opens WebSocket connections), and the flow
- * token of the outgoing flow when it is one (a WebSocket client, a flow named by a token).
- * Returns 0, or -ENOTCONN (flow gone, no WebSocket connection to that address),
- * -EAFNOSUPPORT, or the error of conn_connect. */
-static int out_path(struct pctx *c, const struct target *t, struct listener **out_l, uint64_t *conn_id,
-                    char tok[FLOW_TOKEN_MAX + 1])
-{
-    tok[0] = 0;
-    *conn_id = 0;
-    if (t->transport == SIP_TP_UDP) {
-        struct listener *l = NULL;
-        if (t->udp_flow)
-            for (struct listener *x = listeners; x && !l; x = x->next)
-                if (x->transport == SIP_TP_UDP && same_addr(&x->addr, &t->local))
-                    l = x;
-        if (!l)
-            l = listener_for(t->addr.ss_family, c->req->listener);
-        if (!l)
-            return -EAFNOSUPPORT;
-        if (t->udp_flow) {
-            struct flow f;
-            memset(&f, 0, sizeof(f));
-            f.transport = SIP_TP_UDP;
-            memcpy(&f.addr, &t->addr, t->addrlen);
-            f.addrlen = t->addrlen;
-            memcpy(&f.local, &l->addr, l->addrlen);
-            f.locallen = l->addrlen;
-            flow_token(&f, tok);
-        }
-        *out_l = l;
-        return 0;
-    }
-    struct conn *cn = NULL;
-    if (t->conn_id) {
-        cn = conn_get(t->conn_id);
-        if (!cn)
-            return -ENOTCONN;
-    } else {
-        cn = conn_find(t->transport, (const struct sockaddr *)&t->addr, t->addrlen);
-        if (!cn) {
-            if (t->transport == SIP_TP_WS || t->transport == SIP_TP_WSS)
-                return -ENOTCONN;
-            int rc = conn_connect(t->transport, (const struct sockaddr *)&t->addr, t->addrlen, NULL, &cn);
-            if (rc != 0)
-                return rc;
-            cn->no_server_tls_cb = !c->server_tls_cb;
-        }
-    }
-    struct listener *l = cn->listener ? cn->listener : listener_for_tp(t->addr.ss_family, t->transport, NULL);
-    if (!l)
-        return -EAFNOSUPPORT;
-    if (t->conn_id || cn->transport == SIP_TP_WS || cn->transport == SIP_TP_WSS) {
-        struct flow f;
-        memset(&f, 0, sizeof(f));
-        f.transport = cn->transport;
-        f.conn_id = cn->id;
-        flow_token(&f, tok);
-    }
-    *out_l = l;
-    *conn_id = cn->id;
-    return 0;
 }
 
 static int send_to(struct pctx *c, const struct target *t)
@@ -1089,7 +704,7 @@ int lunasip_proxy_profile(const char *name, size_t len)
     return find_profile(name, len) ? LAPI_OK : LAPI_NONE;
 }
 
-static void set_error(struct pctx *c, int status, const char *reason, const char *code)
+void set_error(struct pctx *c, int status, const char *reason, const char *code)
 {
     if (!c->err_status) {
         c->err_status = status;
@@ -1101,50 +716,6 @@ static void set_error(struct pctx *c, int status, const char *reason, const char
 /* Fills c's targets from an explicit destination or from a URI (top Route, else the
  * R-URI). An IP literal gives one target; a name needs DNS, which lunasip does not do
  * yet: that is a routing error reported through on_error. */
-/* RFC 5626 §5.3: the last Route of ours that req:loose_route() consumed named a flow.
- * Returns 1 with the target set (or the 430/403 error), 0 when the request is not for a
- * flow (no token, or the flow is the one it came on: a request from the flow's client). */
-static int flow_target(struct pctx *c)
-{
-    struct sip_msg *m = c->req;
-    struct flow f;
-    int r = flow_token_parse(m->route_user.s, m->route_user.len, &f);
-    if (r == 0 || (r == 1 && flow_is_msg_flow(&f, m)))
-        return 0;
-    if (r < 0) {
-        set_error(c, 403, "Invalid Flow Token", "flow_forged");
-        return 1;
-    }
-    struct target *t = &c->targets[0];
-    memset(t, 0, sizeof(*t));
-    if (f.transport == SIP_TP_UDP) {
-        t->transport = SIP_TP_UDP;
-        memcpy(&t->addr, &f.addr, f.addrlen);
-        t->addrlen = f.addrlen;
-        t->udp_flow = 1;
-        memcpy(&t->local, &f.local, f.locallen);
-        sockaddr_ip_port((const struct sockaddr *)&t->addr, t->ip, sizeof(t->ip), &t->port);
-    } else {
-        struct conn *cn = f.conn_id ? conn_get(f.conn_id) : NULL;
-        if (!cn || cn->state == CONN_CLOSING) {
-            stats.flow_failed++;
-            LOG_INFO("430 Flow Failed: the %s flow of the Route token is gone, Call-ID %.*s",
-                     sip_transport_name(f.transport), (int)(m->call_id.len > 80 ? 80 : m->call_id.len), m->call_id.s);
-            set_error(c, 430, "Flow Failed", "flow_failed");
-            return 1;
-        }
-        t->transport = cn->transport;
-        memcpy(&t->addr, &cn->remote, cn->remote_len);
-        t->addrlen = cn->remote_len;
-        t->conn_id = cn->id;
-        snprintf(t->ip, sizeof(t->ip), "%.47s", cn->remote_ip);
-        t->port = cn->remote_port;
-    }
-    stats.flow_routed++;
-    c->ntargets = 1;
-    return 1;
-}
-
 static void resolve(struct pctx *c, const char *host, size_t hlen, int port, int transport)
 {
     struct sip_uri u;
