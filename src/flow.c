@@ -16,6 +16,7 @@
 #include "log.h"
 #include "sip_grammar.h"
 #include "stats.h"
+#include "udp.h"
 
 #define FLOW_VERSION 1
 #define FLOW_MAC 12
@@ -292,6 +293,5 @@ int flow_is_msg_flow(const struct flow *f, const struct sip_msg *m)
         return 0;
     if (f->transport != SIP_TP_UDP)
         return f->conn_id == m->conn_id;
-    return f->addrlen == m->srclen && memcmp(&f->addr, &m->src, m->srclen) == 0 && f->locallen == m->dstlen &&
-           memcmp(&f->local, &m->dst, m->dstlen) == 0;
+    return sockaddr_same(&f->addr, &m->src) && sockaddr_same(&f->local, &m->dst);
 }

@@ -273,18 +273,6 @@ long build_request(struct pctx *c, struct listener *out_l, enum sip_transport ou
 
 /* ----- where it leaves: flows and connections ----- */
 
-static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-    if (a->ss_family != b->ss_family)
-        return 0;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
-}
-
 /* Where a target goes out: the listener that names us in Via and Record-Route, the
  * connection for a stream transport (the flow a token named; else one to the address,
  * reused, else a new tcp/tls one: lunasip never opens WebSocket connections), and the flow
@@ -300,7 +288,7 @@ int out_path(struct pctx *c, const struct target *t, struct listener **out_l, ui
         struct listener *l = NULL;
         if (t->udp_flow)
             for (struct listener *x = listeners; x && !l; x = x->next)
-                if (x->transport == SIP_TP_UDP && same_addr(&x->addr, &t->local))
+                if (x->transport == SIP_TP_UDP && sockaddr_same(&x->addr, &t->local))
                     l = x;
         if (!l)
             l = listener_for(t->addr.ss_family, c->req->listener);

@@ -135,11 +135,10 @@ int sip_core_send(const struct txn_dest *d, const char *buf, size_t len)
     if (d->transport == SIP_TP_UDP) {
         rc = udp_send(d->l, (const struct sockaddr *)&d->addr, d->addrlen, buf, len);
     } else {
+        /* conn_find never returns a closing connection */
         struct conn *cn = d->conn_id ? conn_get(d->conn_id) : NULL;
         if (!cn || cn->state == CONN_CLOSING)
             cn = conn_find(d->transport, (const struct sockaddr *)&d->addr, d->addrlen);
-        if (cn && cn->state == CONN_CLOSING)
-            cn = NULL;
         rc = 0;
         if (!cn) {
             /* RFC 3261 §18.2.2: the connection is gone; a WebSocket client cannot be reached

@@ -52,4 +52,8 @@ int sockaddr_from_ip(struct sip_str host, int port, struct sockaddr_storage *sa,
 /* Formats an address as "IP" and port; returns 0 or -1. */
 int sockaddr_ip_port(const struct sockaddr *sa, char *ip, size_t iplen, int *port);
 
+/* 1 when a and b are the same IP address and port (family, address and port compared;
+ * padding, IPv6 flow label and scope ignored). */
+int sockaddr_same(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
+
 #endif
