@@ -407,6 +407,50 @@ def test_tcp_proxy_to_closed_port_fails_fast(t):
     lsip.no_error_log(t, inst)
 
 
+def test_tcp_connect_timeout(t):
+    """sip.tcp_connect_timeout: a TCP target whose listen queue is full never completes the
+    handshake (the kernel drops the SYN); lunasip gives up after the timeout, logs it, and the
+    routing ends with an error long before Timer F (8 s here)."""
+    inst = start(t, sip_extra="tcp_connect_timeout = 1")
+    uac = t.peer()
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.bind((LO, 0))
+    lsock.listen(0)
+    port = lsock.getsockname()[1]
+    fillers = []
+    for _ in range(3):  # fill the accept queue; nobody accepts
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect((LO, port))
+        except BlockingIOError:
+            pass
+        fillers.append(s)
+    time.sleep(0.2)
+    try:
+        m = request("OPTIONS", "sip:slow@%s:%d" % (LO, port), via=(uac.host, uac.port),
+                    extra=["X-Route-Transport: tcp"])
+        t0 = time.monotonic()
+        uac.send(m, inst.addr4)
+        r = None
+        end = t0 + 5
+        while time.monotonic() < end:
+            r = uac.recv_response(m, end - time.monotonic())
+            if r is None or r.status >= 200:
+                break
+        took = time.monotonic() - t0
+        t.check(r is not None and r.status >= 500, "no final error within 5 s: %r" % r)
+        t.check(0.8 <= took <= 3.5, "final error after %.2f s, expected about tcp_connect_timeout (1 s)" % took)
+        t.check(inst.log_lines(r"cannot connect to tcp:127\.0\.0\.1:%d: no answer within sip\.tcp_connect_timeout"
+                               % port), "no log line for the connect timeout")
+        t.eq(inst.stat("conn_connect_failed"), 1, "conn_connect_failed")
+    finally:
+        for s in fillers:
+            s.close()
+        lsock.close()
+    lsip.no_error_log(t, inst)
+
+
 # ---------------------------------------------------------------------------------- SIPp
 
 def _sipp_ok(t, run, rc, what, calls):
