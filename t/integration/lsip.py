@@ -380,7 +380,59 @@ def sip_frame_len(buf):
     return n if len(buf) >= n else None
 
 
-class StreamClient:
+class SocketIO:
+    """The byte I/O of a test's TCP (or TLS) connection, shared by StreamClient (SIP framed
+    by Content-Length) and wsclient.WsClient (WebSocket frames): self.sock, what was read so
+    far in self.buf, and self.eof once the other side closed."""
+
+    def send(self, data):
+        """Sends everything; False when the connection is gone (EPIPE, RST)."""
+        try:
+            self.sock.sendall(bytes(data))
+            return True
+        except (OSError, ssl.SSLError):
+            return False
+
+    def _fill(self, timeout):
+        """Reads once into self.buf: True when bytes came, False on timeout or EOF."""
+        if self.eof:
+            return False
+        pending = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
+        if not pending:
+            try:
+                r, _, _ = select.select([self.sock], [], [], max(timeout, 0))
+            except (OSError, ValueError):
+                self.eof = True
+                return False
+            if not r:
+                return False
+        try:
+            self.sock.settimeout(max(timeout, 0.001))
+            d = self.sock.recv(65536)
+        except (socket.timeout, ssl.SSLWantReadError):
+            return False
+        except (OSError, ssl.SSLError):  # RST, an alert, an abrupt end of TLS
+            self.eof = True
+            return False
+        if not d:
+            self.eof = True
+            return False
+        self.buf += d
+        return True
+
+    def wait_closed(self, timeout=3.0):
+        """True when the other side closed within timeout (what it sent before stays in
+        self.buf)."""
+        end = time.monotonic() + timeout
+        while not self.eof:
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            self._fill(left)
+        return True
+
+
+class StreamClient(SocketIO):
     """One TCP (or TLS) connection of the test: a client of a lunasip stream listener, or a
     connection a StreamServer accepted. Reads SIP messages framed by Content-Length, keeps
     what it read in self.buf, tells when the other side closed (self.eof)."""
@@ -417,14 +469,6 @@ class StreamClient:
     def port(self):
         return self.local[1]
 
-    def send(self, data):
-        """Sends everything; False when the connection is gone (EPIPE, RST)."""
-        try:
-            self.sock.sendall(bytes(data))
-            return True
-        except (OSError, ssl.SSLError):
-            return False
-
     def send_slowly(self, data, chunk=1, delay=0.0):
         """Writes data chunk bytes at a time (TCP_NODELAY is on), sleeping delay between
         writes; False as soon as a write fails."""
@@ -434,33 +478,6 @@ class StreamClient:
                 return False
             if delay:
                 time.sleep(delay)
-        return True
-
-    def _fill(self, timeout):
-        """Reads once into self.buf: True when bytes came, False on timeout or EOF."""
-        if self.eof:
-            return False
-        pending = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
-        if not pending:
-            try:
-                r, _, _ = select.select([self.sock], [], [], max(timeout, 0))
-            except (OSError, ValueError):
-                self.eof = True
-                return False
-            if not r:
-                return False
-        try:
-            self.sock.settimeout(max(timeout, 0.001))
-            d = self.sock.recv(65536)
-        except (socket.timeout, ssl.SSLWantReadError):
-            return False
-        except (OSError, ssl.SSLError):  # RST, an alert, an abrupt end of TLS
-            self.eof = True
-            return False
-        if not d:
-            self.eof = True
-            return False
-        self.buf += d
         return True
 
     def recv_raw(self, timeout=2.0, want=None):
@@ -519,17 +536,6 @@ class StreamClient:
         if not self.send(msg):
             return None
         return self.recv_response(msg, timeout)
-
-    def wait_closed(self, timeout=3.0):
-        """True when the other side closed within timeout (what it sent before stays in
-        self.buf)."""
-        end = time.monotonic() + timeout
-        while not self.eof:
-            left = end - time.monotonic()
-            if left <= 0:
-                return False
-            self._fill(left)
-        return True
 
     def close(self):
         try:

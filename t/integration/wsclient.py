@@ -113,7 +113,7 @@ class HttpResponse:
         return "<HTTP %r>" % self.start
 
 
-class WsClient:
+class WsClient(lsip.SocketIO):
     """One WebSocket connection to lunasip (ws, or wss with tls=True)."""
 
     def __init__(self, ctx, addr, tls=False, ssl_context=None, server_hostname=None, source=None, timeout=5.0):
@@ -145,47 +145,7 @@ class WsClient:
     # ---- raw I/O
     def send_raw(self, data):
         """Sends bytes as they are; False when the connection is gone."""
-        try:
-            self.sock.sendall(bytes(data))
-            return True
-        except (OSError, ssl.SSLError):
-            return False
-
-    def _fill(self, timeout):
-        if self.eof:
-            return False
-        pending = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
-        if not pending:
-            try:
-                r, _, _ = select.select([self.sock], [], [], max(timeout, 0))
-            except (OSError, ValueError):
-                self.eof = True
-                return False
-            if not r:
-                return False
-        try:
-            self.sock.settimeout(max(timeout, 0.001))
-            d = self.sock.recv(65536)
-        except (socket.timeout, ssl.SSLWantReadError):
-            return False
-        except (OSError, ssl.SSLError):
-            self.eof = True
-            return False
-        if not d:
-            self.eof = True
-            return False
-        self.buf += d
-        return True
-
-    def wait_closed(self, timeout=3.0):
-        """True when the TCP connection ended within timeout (bytes read stay in self.buf)."""
-        end = time.monotonic() + timeout
-        while not self.eof:
-            left = end - time.monotonic()
-            if left <= 0:
-                return False
-            self._fill(left)
-        return True
+        return self.send(data)
 
     # ---- the opening handshake
     def upgrade_request(self, path="/", host=None, protocol="sip", origin=None, version="13", key=None,
