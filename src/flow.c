@@ -25,46 +25,36 @@
 #define FLOW_RAW_MAX (1 + 1 + 4 + 2 * (1 + 2 + 16) + FLOW_MAC)
 
 static unsigned char key[32];
-static size_t key_len;
 static uint32_t start_no;
-static int ready;
 
 int flow_init(const char *secret, size_t len)
 {
-    unsigned char r[4];
-    if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r)) {
-        uint32_t t = (uint32_t)time(NULL) ^ (uint32_t)clock();
-        memcpy(r, &t, 4);
-    }
-    if (!ready)
-        memcpy(&start_no, r, 4);
+    /* called once, at start: the start number and, without a secret, the key are drawn
+     * here; a token therefore never outlives the process unless a secret is configured */
+    if (getrandom(&start_no, sizeof(start_no), 0) != (ssize_t)sizeof(start_no))
+        return -1;
     if (secret && len) {
         /* a configured secret of any length: its SHA-256 is the key */
         const mbedtls_md_info_t *md = mbedtls_md_info_from_type(MBEDTLS_MD_SHA256);
-        if (mbedtls_md(md, (const unsigned char *)secret, len, key) != 0)
-            return -1;
-        key_len = 32;
-    } else if (!ready || key_len == 0) {
-        size_t got = 0;
-        while (got < sizeof(key)) {
-            ssize_t n = getrandom(key + got, sizeof(key) - got, 0);
-            if (n <= 0) {
-                if (n < 0 && errno == EINTR)
-                    continue;
-                return -1;
-            }
-            got += (size_t)n;
-        }
-        key_len = 32;
+        return mbedtls_md(md, (const unsigned char *)secret, len, key) == 0 ? 0 : -1;
     }
-    ready = 1;
+    size_t got = 0;
+    while (got < sizeof(key)) {
+        ssize_t n = getrandom(key + got, sizeof(key) - got, 0);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR)
+                continue;
+            return -1;
+        }
+        got += (size_t)n;
+    }
     return 0;
 }
 
 static int mac(const unsigned char *in, size_t len, unsigned char out[32])
 {
     const mbedtls_md_info_t *md = mbedtls_md_info_from_type(MBEDTLS_MD_SHA256);
-    return mbedtls_md_hmac(md, key, key_len, in, len, out);
+    return mbedtls_md_hmac(md, key, sizeof(key), in, len, out);
 }
 
 void flow_of_msg(const struct sip_msg *m, struct flow *f)

@@ -26,8 +26,9 @@ struct flow {
     socklen_t locallen;
 };
 
-/* Sets the HMAC key (secret NULL: 32 random bytes from getrandom). Call at start; a reload
- * with the same secret keeps tokens valid. Returns 0 or -1 (no randomness). */
+/* Sets the HMAC key (secret NULL: 32 random bytes from getrandom) and draws the start
+ * number. Call once, at start (sip.outbound_flow_secret changes need a restart). Returns 0
+ * or -1 (no randomness). */
 int flow_init(const char *secret, size_t len);
 
 /* The flow a message came on (its transport, connection id or UDP listener + source). */
