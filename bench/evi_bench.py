@@ -714,40 +714,11 @@ def sip_part(args, results, recv_udp, rmq_counter, broker, hung, taken):
                 log("  cpu  %-9s %6d/s rep %d: %s" % (srv["variant"], rate, rep, line(x)))
                 time.sleep(1.0)
 
-    search = {s["variant"]: sb.RateSearch(args.steps, args.bisect_rounds, args.resolution) for s in srvs}
-    deadline = time.monotonic() + args.max_budget
-    cut, step = False, 0
-    while args.max_budget > 0 and any(search[s["variant"]].next_rate() is not None for s in srvs):
-        if time.monotonic() > deadline:
-            cut = True
-            log("  max  time budget of %d s spent: the search stops here" % args.max_budget)
-            break
-        step += 1
-        for srv in list(srvs):
-            v = srv["variant"]
-            rate = search[v].next_rate()
-            if rate is None:
-                continue
-            try:
-                x = one(srv, rate, args.step_seconds, "max-%s-s%02d-%d" % (v, step, rate))
-                if not x["clean"] and (x["other_cores"] or 0) > sb.OTHER_LOAD_RETRY:
-                    log("  max  %-9s %6d/s: unclean while other work used %s, once more"
-                        % (v, rate, sb.fmt_cores(x["other_cores"])))
-                    x["superseded"] = True
-                    r["max_steps"].append(x)
-                    time.sleep(1.0)
-                    x = one(srv, rate, args.step_seconds, "max-%s-s%02d-%d-again" % (v, step, rate))
-            except LunasipFailed as e:
-                drop(srv, e)
-                continue
-            r["max_steps"].append(x)
-            log("  max  %-9s %6d/s: %s %s" % (v, rate, "clean  " if x["clean"] else "UNCLEAN", line(x)))
-            search[v].record(rate, x["clean"])
-            time.sleep(1.0)
     if args.max_budget > 0:
-        r["max_clean_rate"] = {v: s.best for v, s in search.items() if v not in r["failed"]}
-        r["max_search_capped"] = {v: s.capped for v, s in search.items() if v not in r["failed"]}
-        r["max_search_cut"] = cut
+        search = {s["variant"]: sb.RateSearch(args.steps, args.bisect_rounds, args.resolution) for s in srvs}
+        sb.max_search(srvs, "variant", search, args.max_budget,
+                      lambda srv, rate, tag: one(srv, rate, args.step_seconds, tag), line, r,
+                      lambda: time.sleep(1.0), drop=drop, failures=LunasipFailed)
 
     summary = {}
     for rate in args.cpu_rates:

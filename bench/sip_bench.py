@@ -421,43 +421,62 @@ class RateSearch:
             self.worst = rate if self.worst is None else min(self.worst, rate)
 
 
-def max_phase(args, srvs, results):
-    search = {srv["name"]: RateSearch(args.steps, args.bisect_rounds, args.resolution) for srv in srvs}
-    deadline = time.monotonic() + args.max_budget
-    step = 0
-    cut = False
-    while any(s.next_rate() is not None for s in search.values()):
+def max_search(srvs, key, search, budget, run_step, describe, results, rest, rest_retry=None, drop=None,
+               failures=(), width=9):
+    """The highest clean rate of each server, searched side by side: one step of each server
+    per round (search: name -> RateSearch), until every search is done or budget seconds are
+    spent. run_step(srv, rate, tag) runs one step and returns its result (with "clean" and
+    "other_cores"); one of failures raised there drops the server (drop(srv, e)). The
+    machine is shared: a step that failed while other work took a good part of it says
+    little about the server, so it runs once more and that result is kept. rest() runs
+    after each step, rest_retry() (default rest) before a rerun. Fills results["max_steps"],
+    ["max_clean_rate"], ["max_search_capped"] and ["max_search_cut"]."""
+    rest_retry = rest_retry or rest
+    deadline = time.monotonic() + budget
+    cut, step = False, 0
+    while any(search[srv[key]].next_rate() is not None for srv in srvs):
         if time.monotonic() > deadline:
             cut = True
-            log("  max  time budget of %d s spent: the search stops here" % args.max_budget)
+            log("  max  time budget of %d s spent: the search stops here" % budget)
             break
         step += 1
-        for srv in srvs:  # interleaved: one step of each server per round
-            name = srv["name"]
+        for srv in list(srvs):
+            name = srv[key]
             rate = search[name].next_rate()
             if rate is None:
                 continue
-            r = run_sipp(args, srv, rate, args.step_seconds, "max-%s-s%02d-%d" % (name, step, rate))
-            if not r["clean"] and (r["other_cores"] or 0) > OTHER_LOAD_RETRY:
-                # The machine is shared: a step that failed while other work took a good part
-                # of it says little about the server. Run it once more and keep that result.
-                log("  max  %-9s %6d/s: unclean while other work used %s, once more"
-                    % (name, rate, fmt_cores(r["other_cores"])))
-                r["superseded"] = True
-                results["max_steps"].append(r)
-                settle(srvs)
-                r = run_sipp(args, srv, rate, args.step_seconds, "max-%s-s%02d-%d-again" % (name, step, rate))
+            tag = "max-%s-s%02d-%d" % (name, step, rate)
+            try:
+                r = run_step(srv, rate, tag)
+                if not r["clean"] and (r["other_cores"] or 0) > OTHER_LOAD_RETRY:
+                    log("  max  %-*s %6d/s: unclean while other work used %s, once more"
+                        % (width, name, rate, fmt_cores(r["other_cores"])))
+                    r["superseded"] = True
+                    results["max_steps"].append(r)
+                    rest_retry()
+                    r = run_step(srv, rate, tag + "-again")
+            except failures as e:
+                drop(srv, e)
+                continue
             results["max_steps"].append(r)
-            log("  max  %-9s %6d/s: %s  achieved %.0f/s  ok %d/%d fail %d retr %d  %.2f us/req  "
-                "drops server %d sipp %d  other load %s"
-                % (name, rate, "clean  " if r["clean"] else "UNCLEAN", r["achieved_rate"], r["successful"],
-                   r["calls"], r["failed"], r["retransmissions"], r["us_per_req"], r["server_socket_drops"],
-                   r["sipp_socket_drops"], fmt_cores(r["other_cores"])))
-            settle(srvs)
+            log("  max  %-*s %6d/s: %s %s" % (width, name, rate, "clean  " if r["clean"] else "UNCLEAN", describe(r)))
+            rest()
             search[name].record(rate, r["clean"])
-    results["max_clean_rate"] = {n: s.best for n, s in search.items()}
-    results["max_search_capped"] = {n: s.capped for n, s in search.items()}
+    failed = results.get("failed", {})
+    results["max_clean_rate"] = {n: s.best for n, s in search.items() if n not in failed}
+    results["max_search_capped"] = {n: s.capped for n, s in search.items() if n not in failed}
     results["max_search_cut"] = cut
+
+
+def max_phase(args, srvs, results):
+    search = {srv["name"]: RateSearch(args.steps, args.bisect_rounds, args.resolution) for srv in srvs}
+    max_search(srvs, "name", search, args.max_budget,
+               lambda srv, rate, tag: run_sipp(args, srv, rate, args.step_seconds, tag),
+               lambda r: (" achieved %.0f/s  ok %d/%d fail %d retr %d  %.2f us/req  drops server %d sipp %d  "
+                          "other load %s" % (r["achieved_rate"], r["successful"], r["calls"], r["failed"],
+                                             r["retransmissions"], r["us_per_req"], r["server_socket_drops"],
+                                             r["sipp_socket_drops"], fmt_cores(r["other_cores"]))),
+               results, lambda: settle(srvs))
 
 
 # ------------------------------------------------------------------------------------------
@@ -883,47 +902,17 @@ def calls_main(args):
             time.sleep(1.0)
 
     # The highest clean rate: steps, then bisection; one step of each server per round.
-    search = {srv["name"]: RateSearch(steps, rounds, resolution) for srv in srvs}
-    deadline = time.monotonic() + budget
-    cut = False
-    step = 0
-    while not args.no_max and any(search[s["name"]].next_rate() is not None for s in srvs):
-        if time.monotonic() > deadline:
-            cut = True
-            log("  max  time budget of %d s spent: the search stops here" % budget)
-            break
-        step += 1
-        for srv in list(srvs):
-            name = srv["name"]
-            rate = search[name].next_rate()
-            if rate is None:
-                continue
-            n = int(rate * step_seconds)
-            try:
-                wait_idle(srv)
-                r = run_calls(args, srv, rate, n, "max-%s-s%02d-%d" % (name, step, rate))
-                if not r["clean"]:
-                    restart_call_server(args, srv)
-                if not r["clean"] and (r["other_cores"] or 0) > OTHER_LOAD_RETRY:
-                    log("  max  %-12s %6d/s: unclean while other work used %s, once more"
-                        % (name, rate, fmt_cores(r["other_cores"])))
-                    r["superseded"] = True
-                    results["max_steps"].append(r)
-                    time.sleep(1.0)
-                    r = run_calls(args, srv, rate, n, "max-%s-s%02d-%d-again" % (name, step, rate))
-                    if not r["clean"]:
-                        restart_call_server(args, srv)
-            except ServerFailed as e:
-                drop(srv, e)
-                continue
-            results["max_steps"].append(r)
-            log("  max  %-12s %6d/s: %s %s" % (name, rate, "clean  " if r["clean"] else "UNCLEAN", call_line(r)))
-            search[name].record(rate, r["clean"])
-            time.sleep(1.0)
+    def call_step(srv, rate, tag):
+        wait_idle(srv)
+        r = run_calls(args, srv, rate, int(rate * step_seconds), tag)
+        if not r["clean"]:
+            restart_call_server(args, srv)
+        return r
+
     if not args.no_max:
-        results["max_clean_rate"] = {n: s.best for n, s in search.items() if n not in results["failed"]}
-        results["max_search_capped"] = {n: s.capped for n, s in search.items() if n not in results["failed"]}
-        results["max_search_cut"] = cut
+        search = {srv["name"]: RateSearch(steps, rounds, resolution) for srv in srvs}
+        max_search(srvs, "name", search, budget, call_step, call_line, results, lambda: time.sleep(1.0),
+                   drop=drop, failures=ServerFailed, width=12)
     results["wall_s"] = time.monotonic() - t0
 
     summary = {}

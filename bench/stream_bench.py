@@ -409,47 +409,17 @@ def calls_part(args, results, tmp):
                 time.sleep(0.5)
 
     # the highest clean call rate, one connection (t1): steps, then bisection
-    search = {srv["name"]: sb.RateSearch(steps, rounds, resolution) for srv in srvs}
-    deadline = time.monotonic() + budget
-    cut = False
-    step = 0
-    while not args.no_max and any(search[s["name"]].next_rate() is not None for s in srvs):
-        if time.monotonic() > deadline:
-            cut = True
-            log("  max  time budget of %d s spent: the search stops here" % budget)
-            break
-        step += 1
-        for srv in list(srvs):
-            name = srv["name"]
-            rt = search[name].next_rate()
-            if rt is None:
-                continue
-            n = int(rt * step_seconds)
-            try:
-                sb.wait_idle(srv)
-                x = run_calls(args, srv, rt, n, "max-%s-s%02d-%d" % (name, step, rt), "t1")
-                if not x["clean"]:
-                    restart_server(args, srv)
-                if not x["clean"] and (x["other_cores"] or 0) > sb.OTHER_LOAD_RETRY:
-                    log("  max  %-9s %6d/s: unclean while other work used %s, once more"
-                        % (name, rt, sb.fmt_cores(x["other_cores"])))
-                    x["superseded"] = True
-                    r["max_steps"].append(x)
-                    time.sleep(1.0)
-                    x = run_calls(args, srv, rt, n, "max-%s-s%02d-%d-again" % (name, step, rt), "t1")
-                    if not x["clean"]:
-                        restart_server(args, srv)
-            except ServerFailed as e:
-                drop(srv, e)
-                continue
-            r["max_steps"].append(x)
-            log("  max  %-9s %6d/s: %s %s" % (name, rt, "clean  " if x["clean"] else "UNCLEAN", call_line(x)))
-            search[name].record(rt, x["clean"])
-            time.sleep(0.5)
+    def call_step(srv, rt, tag):
+        sb.wait_idle(srv)
+        x = run_calls(args, srv, rt, int(rt * step_seconds), tag, "t1")
+        if not x["clean"]:
+            restart_server(args, srv)
+        return x
+
     if not args.no_max:
-        r["max_clean_rate"] = {n: s.best for n, s in search.items() if n not in r["failed"]}
-        r["max_search_capped"] = {n: s.capped for n, s in search.items() if n not in r["failed"]}
-        r["max_search_cut"] = cut
+        search = {srv["name"]: sb.RateSearch(steps, rounds, resolution) for srv in srvs}
+        sb.max_search(srvs, "name", search, budget, call_step, call_line, r, lambda: time.sleep(0.5),
+                      rest_retry=lambda: time.sleep(1.0), drop=drop, failures=ServerFailed)
 
     summary = {}
     for name in names:
